@@ -1,0 +1,1 @@
+"""MRQ: Mongo Redis Queue."""
