@@ -1,0 +1,169 @@
+"""Command-line entry points: ``mrq-worker``, ``mrq-run``, ``mrq-plugins``, ``mrq-embedded``.
+
+Each monkey-patches with gevent before importing pymongo or redis.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+
+def _patch() -> None:
+    from gevent import monkey
+
+    if not monkey.is_module_patched("socket"):
+        monkey.patch_all()
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
+def _load(command: str, argv: Sequence[str] | None, prog: str) -> Any:
+    """Resolve the config, handle --version/--list-plugins, set up logging. Exits on a bad config."""
+    from mrq.config import get_config
+    from mrq.context import set_current_config
+    from mrq.exceptions import MRQError
+    from mrq.version import __version__
+
+    try:
+        config = get_config(command, argv=list(sys.argv[1:] if argv is None else argv), prog=prog)
+    except MRQError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    flags = config["_flags"]
+    if flags.get("version"):
+        print(f"MRQ {__version__} (Python {sys.version.split()[0]})")
+        raise SystemExit(0)
+    if flags.get("list_plugins"):
+        _print_plugins(config)
+        raise SystemExit(0)
+    logging.basicConfig(level=config["log_level"], format=config["log_format"], stream=sys.stderr)
+    if config["quiet"]:
+        logging.getLogger("mrq.current").propagate = False
+    set_current_config(config)
+    return config
+
+
+def _print_plugins(config: Any) -> None:
+    rows = config.plugin_manager.describe()
+    if not rows:
+        print("No MRQ plugins installed (entry-point group 'mrq.plugins').")
+    for row in rows:
+        state = "enabled" if row["enabled"] else "disabled"
+        print(f"{row['name']} {row['version'] or '-'} [{state}] ({row['source']})")
+        if row["hooks"]:
+            print("    hooks: " + ", ".join(row["hooks"]))
+
+
+def worker_main(argv: Sequence[str] | None = None) -> int:
+    """``mrq-worker [queues...]``: run jobs from these queues (priority order) until stopped."""
+    _patch()
+    config = _load("worker", argv, "mrq-worker")
+    if config["processes"] > 0:
+        print("mrq-worker: error: --processes is not available yet; run several mrq-worker commands "
+              "(each with --greenlets) meanwhile.", file=sys.stderr)
+        return 2
+    from mrq.worker import Worker
+
+    return Worker(config).work()
+
+
+def _parse_params(args: Sequence[str]) -> dict[str, Any]:
+    from mrq.exceptions import InvalidParams
+
+    if not args:
+        return {}
+    if len(args) == 1:
+        try:
+            params = json.loads(args[0])
+        except json.JSONDecodeError as exc:
+            raise InvalidParams(f"Params {args[0]!r} are not valid JSON ({exc}); pass one JSON object like "
+                                "'{\"a\": 1}', or key value pairs.") from None
+        if not isinstance(params, dict):
+            raise InvalidParams(f"Params must be a JSON object, not {type(params).__name__}: {args[0]}")
+        return params
+    if len(args) % 2:
+        raise InvalidParams("Params given as key value pairs need an even number of arguments.")
+    return dict(zip(args[::2], args[1::2], strict=True))
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, default=str))
+
+
+def run_main(argv: Sequence[str] | None = None) -> int:
+    """``mrq-run TASK [params]``: run a task here and print its result, or enqueue it (``--async``/``--queue``)."""
+    _patch()
+    config = _load("run", argv, "mrq-run")
+    from mrq import status as st
+    from mrq.exceptions import MRQError
+    from mrq.job import Job, queue_job
+    from mrq.task import load_task, task_settings
+
+    path = config["taskpath"]
+    if not path:
+        print("mrq-run: error: give a task path, e.g. mrq-run tasks.Add '{\"a\": 1, \"b\": 2}'", file=sys.stderr)
+        return 2
+    try:
+        params = _parse_params(config["taskargs"])
+        if config["queue"] or config["async"] or config["delay"]:
+            job_id = queue_job(path, params, queue=config["queue"] or None, delay=config["delay"])
+            if not config["wait"]:
+                print(job_id)
+                return 0
+            print(job_id, file=sys.stderr)
+            data = _wait_with_progress(Job(job_id))
+            if data.get("status") == st.SUCCESS:
+                _print_json(data.get("result"))
+                return 0
+            print(f"Job {job_id} ended with status {data.get('status')}:\n{data.get('traceback') or ''}",
+                  file=sys.stderr)
+            return 1
+        load_task(path)  # a clear error now for a path that does not import
+        job = Job(None, {"path": path, "params": params, "queue": "", "retry_count": 0})
+        outcome = job.perform(task_settings(path, config))
+    except MRQError as exc:
+        print(f"mrq-run: error: {exc}", file=sys.stderr)
+        return 2
+    if outcome.status == st.SUCCESS:
+        _print_json(job.result)
+        return 0
+    print(job.traceback or outcome.status, file=sys.stderr, end="")
+    return 1
+
+
+def _wait_with_progress(job: Any) -> dict[str, Any]:
+    import gevent
+
+    shown = False
+    while True:
+        job.fetch()
+        data = job.data or {}
+        if data.get("status") not in ("queued", "started"):
+            if shown:
+                print(file=sys.stderr)
+            return data
+        progress = data.get("progress")
+        if progress is not None and sys.stderr.isatty():
+            bar = "#" * int(progress * 30)
+            print(f"\r[{bar:<30}] {progress * 100:5.1f}%", end="", file=sys.stderr, flush=True)
+            shown = True
+        gevent.sleep(0.2)
+
+
+def plugins_main(argv: Sequence[str] | None = None) -> int:
+    """``mrq-plugins``: list installed plugins, their versions, whether enabled and their hooks."""
+    config = _load("common", argv, "mrq-plugins")
+    _print_plugins(config)
+    return 0
+
+
+def embedded_main(argv: Sequence[str] | None = None) -> int:
+    """``mrq-embedded``: start Redis + MongoDB under ./.mrq/, a worker with the example tasks."""
+    from mrq.embedded import main
+
+    return main(argv)

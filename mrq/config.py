@@ -1,0 +1,335 @@
+"""Configuration: one option table read from the command line, ``MRQ_*`` env vars and ``mrq-config.py``.
+
+Every option is declared once (:class:`Option`: name, type, default, help) and is
+readable three ways, with this precedence::
+
+    --flag value  >  MRQ_FLAG=value  >  FLAG = value in mrq-config.py  >  default
+
+Plugins add options of their own through the ``mrq_add_options`` hook.
+Upper-case names of the config file that are not options (``TASKS``,
+``SCHEDULER_TASKS``, anything a plugin reads) are kept, lower-cased.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mrq.exceptions import ConfigError
+
+__all__ = ["Option", "Config", "OPTIONS", "TASK_KEYS", "get_config", "parse_bool"]
+
+COMMON = "common"
+
+
+def parse_bool(value: Any) -> bool:
+    """Read a boolean from a flag, env var or file value ("1", "true", "yes", "on" / "0", "false"...)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on", "y"}:
+        return True
+    if text in {"0", "false", "no", "off", "n", ""}:
+        return False
+    raise ValueError(f"{value!r} is not a boolean (use true/false, 1/0, yes/no)")
+
+
+def _parse_list(value: Any) -> list[str]:
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return [v for v in str(value).replace(",", " ").split() if v]
+
+
+_CASTS: dict[type, Callable[[Any], Any]] = {
+    bool: parse_bool, int: int, float: float, str: str, list: _parse_list,
+}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One configuration option.
+
+    :param name: the key (``greenlets``); also ``--greenlets``, ``MRQ_GREENLETS`` and ``GREENLETS``.
+    :param type: ``str``, ``int``, ``float``, ``bool`` or ``list`` (comma or space separated).
+    :param default: the value when no source sets it.
+    :param help: one sentence for ``--help`` and the docs.
+    :param commands: the commands that accept it as a flag (``"common"`` = every command).
+    :param aliases: other flag names (``--mongodb`` for ``--mongodb_jobs``, ``-g``).
+    :param choices: the allowed values, if restricted.
+    :param positional: a positional argument of the command (``queues`` of ``mrq-worker``).
+    """
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    commands: tuple[str, ...] = (COMMON,)
+    aliases: tuple[str, ...] = ()
+    choices: tuple[Any, ...] | None = None
+    positional: bool = False
+
+    def cast(self, value: Any, source: str) -> Any:
+        """Convert ``value`` read from ``source`` to this option's type, or raise ConfigError."""
+        try:
+            result = _CASTS[self.type](value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"Bad value for option {self.name!r} from {source}: {value!r} is not a valid "
+                f"{self.type.__name__} ({exc}). Fix it there, or see `--help` for the expected form."
+            ) from None
+        if self.choices is not None and result not in self.choices:
+            raise ConfigError(
+                f"Bad value for option {self.name!r} from {source}: {result!r}; "
+                f"choose one of {', '.join(map(str, self.choices))}."
+            )
+        return result
+
+    @property
+    def env_var(self) -> str:
+        return "MRQ_" + self.name.upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    # -- connections
+    Option("redis", str, "redis://127.0.0.1:6379/0",
+           "Redis URI: redis://[:password@]host:port/db, rediss:// for TLS."),
+    Option("redis_prefix", str, "mrq", "Prefix (and Cluster hash tag) of every Redis key MRQ writes."),
+    Option("redis_max_connections", int, 1000, "Size of the Redis connection pool of a process."),
+    Option("mongodb_jobs", str, "mongodb://127.0.0.1:27017/mrq",
+           "MongoDB URI of the jobs database (the database name comes from the URI path).",
+           aliases=("mongodb",)),
+    Option("mongodb_logs", str, "1",
+           "MongoDB URI for per-job logs; '1' = the jobs database, '0' = do not store logs."),
+    Option("mongodb_logs_size", int, 16 * 1024 * 1024,
+           "Size in bytes of the capped mrq_logs collection (0 = not capped)."),
+    Option("embedded", bool, False,
+           "Use (and start if needed) the embedded Redis and MongoDB servers under ./.mrq/."),
+    # -- general
+    Option("config", str, "", "Path of the config file (default: ./mrq-config.py if it exists).",
+           aliases=("c",)),
+    Option("plugins", list, [], "Plugins to enable, by entry-point name or dotted module path."),
+    Option("name", str, "", "Worker name (default: <hostname>.<pid>)."),
+    Option("log_level", str, "INFO", "Log level of the worker and task loggers.",
+           choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
+    Option("log_format", str, "%(asctime)s [%(levelname)s] %(message)s", "Format of log lines."),
+    Option("quiet", bool, False, "Do not print task logs to stderr (they are still stored per job)."),
+    # -- jobs
+    Option("default_job_timeout", float, 3600.0, "Seconds before a running job is killed as 'timeout'."),
+    Option("default_job_max_retries", int, 3, "Retries before a retried job becomes 'maxretries'."),
+    Option("default_job_retry_delay", float, 3.0, "Base delay in seconds before a retried job runs again."),
+    Option("default_job_retry_backoff", float, 2.0,
+           "Multiplier of the retry delay per retry (exponential backoff, with jitter); 1 = constant."),
+    Option("default_job_retry_max_delay", float, 3600.0, "Upper bound of a computed retry delay (s)."),
+    Option("default_job_ttl", float, 180 * 86400.0,
+           "Seconds a job document is kept when it ends neither in success, abort nor cancel."),
+    Option("default_job_result_ttl", float, 7 * 86400.0, "Seconds a successful job document is kept."),
+    Option("default_job_abort_ttl", float, 86400.0, "Seconds an aborted job document is kept."),
+    Option("default_job_cancel_ttl", float, 86400.0, "Seconds a cancelled job document is kept."),
+    # -- worker
+    Option("queues", list, ["default"], "Queues to dequeue from, highest priority first; 'q/' = every "
+           "subqueue of q.", commands=("worker",), positional=True),
+    Option("greenlets", int, 1, "Jobs run concurrently by one worker process (gevent greenlets).",
+           commands=("worker",), aliases=("gevent", "g")),
+    Option("processes", int, 0, "Worker processes to run under supervision (0 = this process).",
+           commands=("worker",), aliases=("p",)),
+    Option("max_jobs", int, 0, "Stop after this many jobs (0 = no limit).", commands=("worker",)),
+    Option("max_time", float, 0.0, "Stop dequeuing after this many seconds (0 = no limit).",
+           commands=("worker",)),
+    Option("max_memory", int, 0, "Stop gracefully when the process uses more MB than this (0 = no limit).",
+           commands=("worker",)),
+    Option("report_interval", float, 10.0, "Seconds between worker reports in mrq_workers.",
+           commands=("worker",)),
+    Option("flush_interval", float, 0.2,
+           "Seconds between batched writes of job statuses and logs to MongoDB.", commands=("worker",)),
+    Option("heartbeat_interval", float, 1.0,
+           "Seconds between worker heartbeats in Redis (also how often kill requests are read).",
+           commands=("worker",)),
+    Option("heartbeat_ttl", float, 10.0, "Seconds after the last heartbeat before a worker counts as dead.",
+           commands=("worker",)),
+    Option("max_latency", float, 1.0,
+           "Longest wait (s) of an idle worker's blocking pop; bounds how late delayed jobs start.",
+           commands=("worker",)),
+    Option("dequeue_strategy", str, "sequential",
+           "sequential: strict queue priority; parallel: share slots across queues; burst: sequential, "
+           "and exit when the queues are empty.", commands=("worker",),
+           choices=("sequential", "parallel", "burst")),
+    Option("task_whitelist", list, [], "Only run these task paths (others are pushed back).",
+           commands=("worker",)),
+    Option("task_blacklist", list, [], "Never run these task paths (they are pushed back).",
+           commands=("worker",)),
+    Option("subqueues_refresh_interval", float, 10.0,
+           "Seconds between refreshes of the subqueues matched by 'q/' queues.", commands=("worker",)),
+    # -- mrq-run
+    Option("taskpath", str, "", "Dotted path of the task (module.Class or module.function).",
+           commands=("run",), positional=True),
+    Option("taskargs", list, [], "Params: one JSON object, or key value pairs.", commands=("run",),
+           positional=True),
+    Option("queue", str, "", "Enqueue on this queue instead of running in this process.",
+           commands=("run",)),
+    Option("async", bool, False, "Enqueue (on the task's queue) instead of running in this process.",
+           commands=("run",)),
+    Option("wait", bool, False, "With --async/--queue: wait for the job and print its result.",
+           commands=("run",)),
+    Option("delay", float, 0.0, "With --async/--queue: run the job no earlier than in this many seconds.",
+           commands=("run",)),
+)
+
+#: Keys accepted in an entry of the ``TASKS`` dict.
+TASK_KEYS = frozenset({
+    "queue", "timeout", "result_ttl", "abort_ttl", "cancel_ttl", "default_ttl", "max_retries",
+    "retry_delay", "retry_backoff", "retry_max_delay", "retry_on", "max_concurrency",
+})
+
+
+class Config(dict):
+    """The resolved configuration: a dict whose keys are also attributes (``config.greenlets``).
+
+    ``config.sources`` maps each option name to where its value came from
+    (``default``, ``file``, ``env`` or ``cli``).
+    """
+
+    sources: dict[str, str]
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"No config key {name!r}") from None
+
+
+def _options_for(command: str, options: Iterable[Option]) -> list[Option]:
+    return [o for o in options if COMMON in o.commands or command in o.commands]
+
+
+def _build_parser(command: str, options: Sequence[Option], prog: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, argument_default=argparse.SUPPRESS,
+                                     description=f"MRQ {command} command")
+    parser.add_argument("--version", action="store_true", help="Print the MRQ version and exit.")
+    parser.add_argument("--list-plugins", dest="list_plugins", action="store_true",
+                        help="List installed plugins, their versions, state and hooks, and exit.")
+    for opt in options:
+        if opt.positional:
+            parser.add_argument(opt.name, nargs="*" if opt.type is list else "?", help=opt.help)
+            continue
+        flags = [f"--{opt.name}"] + [f"-{a}" if len(a) == 1 else f"--{a}" for a in opt.aliases]
+        kwargs: dict[str, Any] = {"dest": opt.name, "help": f"{opt.help} [default: {opt.default!r}; env "
+                                  f"{opt.env_var}]"}
+        if opt.type is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        parser.add_argument(*flags, **kwargs)
+    return parser
+
+
+def _read_file(path: str) -> dict[str, Any]:
+    try:
+        namespace = runpy.run_path(path)
+    except FileNotFoundError:
+        raise ConfigError(f"Config file {path!r} does not exist (from --config or MRQ_CONFIG).") from None
+    except Exception as exc:
+        raise ConfigError(f"Config file {path!r} failed to load: {type(exc).__name__}: {exc}") from exc
+    return {k.lower(): v for k, v in namespace.items() if k[:1].isupper() and not k.startswith("__")}
+
+
+def _first(name: str, argv_ns: Mapping[str, Any], env: Mapping[str, str], file_values: Mapping[str, Any]):
+    if name in argv_ns:
+        return argv_ns[name]
+    env_name = "MRQ_" + name.upper()
+    if env.get(env_name):
+        return env[env_name]
+    return file_values.get(name)
+
+
+def _check_tasks(tasks: Any) -> dict[str, dict[str, Any]]:
+    if tasks is None:
+        return {}
+    if not isinstance(tasks, Mapping):
+        raise ConfigError(f"TASKS must be a dict of task path -> options, not {type(tasks).__name__}.")
+    for path, conf in tasks.items():
+        if not isinstance(conf, Mapping):
+            raise ConfigError(f"TASKS[{path!r}] must be a dict of options, not {type(conf).__name__}.")
+        unknown = set(conf) - TASK_KEYS
+        if unknown:
+            raise ConfigError(f"TASKS[{path!r}] has unknown option(s) {sorted(unknown)}; "
+                              f"known options: {sorted(TASK_KEYS)}.")
+    return dict(tasks)
+
+
+def get_config(command: str = COMMON, argv: Sequence[str] | None = None,
+               env: Mapping[str, str] | None = None, config_file: str | None = None,
+               extra: Mapping[str, Any] | None = None, load_plugins: bool = True,
+               prog: str | None = None) -> Config:
+    """Resolve the configuration of ``command`` (``worker``, ``run`` or ``common``).
+
+    :param argv: command-line arguments (``None`` = no command line, as in a library).
+    :param env: environment (default ``os.environ``); ``MRQ_<NAME>`` variables are cast to the option type.
+    :param config_file: path of the config file; default ``--config``/``MRQ_CONFIG`` or ``./mrq-config.py``.
+    :param extra: values that override every source (tests, ``setup_context(**kwargs)``).
+    :param load_plugins: load the enabled plugins (their options join the table).
+    :raises ConfigError: on an unknown plugin, a bad value or a broken config file.
+    """
+    from mrq import plugins as plugin_mod  # late: plugins imports config types
+
+    env = os.environ if env is None else env
+    extra = dict(extra or {})
+
+    # Pass 1: the file and the plugin list, which decide what the other options are.
+    pre = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    pre.add_argument("--config", "-c", dest="config")
+    pre.add_argument("--plugins", dest="plugins")
+    pre_ns = vars(pre.parse_known_args(list(argv or []))[0])
+    path = extra.get("config") or config_file or _first("config", pre_ns, env, {})
+    if not path and os.path.exists("mrq-config.py"):
+        path = "mrq-config.py"
+    file_values = _read_file(path) if path else {}
+
+    plugin_opt = next(o for o in OPTIONS if o.name == "plugins")
+    plugin_names = extra.get("plugins")
+    if plugin_names is None:
+        raw = _first("plugins", pre_ns, env, file_values)
+        plugin_names = plugin_opt.cast(raw, "plugins") if raw is not None else []
+    pm = plugin_mod.PluginManager()
+    if load_plugins:
+        pm.enable(plugin_names)
+    options = list(OPTIONS) + pm.plugin_options()
+
+    # Pass 2: the full command line.
+    parser = _build_parser(command, _options_for(command, options), prog)
+    ns = vars(parser.parse_args(list(argv))) if argv is not None else {}
+
+    config = Config()
+    config.sources = {}
+    for key, value in file_values.items():
+        config[key] = value
+        config.sources[key] = "file"
+    known = {o.name: o for o in options}
+    for opt in options:
+        if opt.name in extra:
+            value, source = extra.pop(opt.name), "extra"
+        elif opt.name in ns and ns[opt.name] not in (None, []):
+            value, source = ns[opt.name], f"command line --{opt.name}"
+        elif env.get(opt.env_var):
+            value, source = env[opt.env_var], f"environment variable {opt.env_var}"
+        elif opt.name in file_values:
+            value, source = file_values[opt.name], f"config file {path} ({opt.name.upper()})"
+        else:
+            config[opt.name] = opt.default if not isinstance(opt.default, list) else list(opt.default)
+            config.sources[opt.name] = "default"
+            continue
+        config[opt.name] = opt.cast(value, source)
+        config.sources[opt.name] = source.split(" ")[0] if source != "extra" else "extra"
+    config.update(extra)
+    config["plugins"] = list(plugin_names)
+    config["tasks"] = _check_tasks(config.get("tasks"))
+    config["config"] = path or ""
+    config["_command"] = command
+    config["_flags"] = {k: v for k, v in ns.items() if k not in known}
+    config.plugin_manager = pm  # type: ignore[attr-defined]
+    if config.get("embedded"):
+        from mrq.embedded import apply_embedded
+        apply_embedded(config)
+    pm.hook.mrq_configure(config=config)
+    return config

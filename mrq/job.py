@@ -1,0 +1,369 @@
+"""Jobs: enqueue (``queue_job``/``queue_jobs``), read, wait, cancel, requeue, and run one.
+
+A job is a document of ``mrq_jobs`` (its params, status, result, traceback...)
+and, while it waits, its id in a Redis list. ``queue_jobs`` inserts the
+documents in bulk, then pushes the ids in one atomic Redis step.
+"""
+
+from __future__ import annotations
+
+import datetime
+import random
+import time
+import traceback
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import bson
+import gevent
+from bson import ObjectId
+
+from mrq import status as st
+from mrq.exceptions import (
+    InvalidParams,
+    JobInterrupt,
+    JobNotFound,
+    MRQError,
+    MrqInterrupt,
+    RetryInterrupt,
+    TimeoutInterrupt,
+)
+from mrq.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from mrq.task import TaskSettings
+    from mrq.worker import Worker
+
+__all__ = ["Job", "queue_job", "queue_jobs", "get_job_result", "Outcome"]
+
+JOBS = "mrq_jobs"
+
+
+def utcnow() -> datetime.datetime:
+    """Naive UTC now, with MongoDB's millisecond precision."""
+    now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def _jobs_collection() -> Any:
+    from mrq.context import connections
+    return connections.mongodb_jobs[JOBS]
+
+
+def _check_params(path: str, params_list: Sequence[Any]) -> None:
+    for i, params in enumerate(params_list):
+        if not isinstance(params, Mapping):
+            raise InvalidParams(f"Params #{i} of task {path!r} must be a dict, not {type(params).__name__}: "
+                                f"{params!r:.100}.")
+        try:
+            bson.encode({"params": params})
+        except (bson.errors.InvalidDocument, OverflowError, TypeError) as exc:
+            raise InvalidParams(
+                f"Params #{i} of task {path!r} cannot be stored in MongoDB: {exc}. Use JSON-like values "
+                "(dict with str keys, list, str, int, float, bool, None, datetime, ObjectId).") from None
+
+
+def queue_jobs(path: str, params_list: Iterable[Mapping[str, Any]], queue: str | None = None,
+               delay: float = 0, batch_size: int = 1000) -> list[ObjectId]:
+    """Enqueue one job per params dict; returns their ids.
+
+    :param path: the task's dotted path (it need not be importable here).
+    :param params_list: one dict per job, BSON-serialisable.
+    :param queue: default: the task's ``TASKS`` queue, else ``default``.
+    :param delay: seconds before the jobs may run.
+    :raises InvalidParams: before anything is written, if any params dict can't be stored.
+
+    Costs one ``insert_many`` and one Redis MULTI per ``batch_size`` jobs.
+    """
+    from mrq.context import get_broker, get_current_config, get_plugin_manager
+    from mrq.task import task_settings
+
+    if not isinstance(path, str) or "." not in path:
+        raise InvalidParams(f"Task path {path!r} is not a dotted path like 'tasks.Add'.")
+    params_list = list(params_list)
+    _check_params(path, params_list)
+    config = get_current_config()
+    settings = task_settings(path, config, load=False)
+    queue = queue or settings.queue
+    if not isinstance(queue, str) or not queue.strip() or " " in queue:
+        raise InvalidParams(f"Queue name {queue!r} is invalid: use a non-empty name without spaces.")
+    delay = float(delay or 0)
+    collection, broker, hook = _jobs_collection(), get_broker(), get_plugin_manager().hook
+    ids: list[ObjectId] = []
+    for start in range(0, len(params_list), batch_size):
+        now = utcnow()
+        docs = [{"_id": ObjectId(), "path": path, "params": dict(p), "queue": queue, "status": st.QUEUED,
+                 "datequeued": now, "dateupdated": now, "retry_count": 0,
+                 "dateexpires": now + datetime.timedelta(seconds=settings.default_ttl)}
+                for p in params_list[start:start + batch_size]]
+        if delay:
+            for d in docs:
+                d["datedue"] = now + datetime.timedelta(seconds=delay)
+        collection.insert_many(docs, ordered=False)
+        batch_ids = [d["_id"] for d in docs]
+        broker.push(queue, [str(i) for i in batch_ids], delay=delay)
+        hook.mrq_jobs_enqueued(queue=queue, path=path, job_ids=batch_ids, delay=delay)
+        ids.extend(batch_ids)
+    return ids
+
+
+def queue_job(path: str, params: Mapping[str, Any], queue: str | None = None, delay: float = 0) -> ObjectId:
+    """Enqueue one job; see :func:`queue_jobs`."""
+    return queue_jobs(path, [params], queue=queue, delay=delay)[0]
+
+
+def get_job_result(job_id: ObjectId | str) -> dict[str, Any]:
+    """``{"status": ..., "result": ...}`` of a job."""
+    data = Job(job_id).fetch(projection=["status", "result"]).data or {}
+    return {"status": data.get("status"), "result": data.get("result")}
+
+
+@dataclass
+class Outcome:
+    """How a run ended: the status and what to write to MongoDB and Redis."""
+
+    status: str
+    set: dict[str, Any] = field(default_factory=dict)
+    push_history: dict[str, Any] | None = None
+    delayed: tuple[str, float] | None = None   # (queue, due unix time)
+    requeue: str | None = None                 # queue to push back at the head
+    release: str | None = None                 # semaphore (task path) to free
+
+
+class Job:
+    """A job, by id. ``Job(id).fetch().data`` is its document.
+
+    Inside a worker, ``get_current_job()`` returns the running job, with
+    ``path``, ``params``, ``progress`` and :meth:`store` for plugins.
+    """
+
+    def __init__(self, job_id: ObjectId | str | None, data: dict[str, Any] | None = None) -> None:
+        if isinstance(job_id, str):
+            try:
+                job_id = ObjectId(job_id)
+            except bson.errors.InvalidId:
+                raise JobNotFound(f"{job_id!r} is not a job id (24 hexadecimal characters).") from None
+        self.id = job_id
+        self.data = data
+        self.result: Any = None
+        self.exception: BaseException | None = None
+        self.traceback: str | None = None
+        self.progress: float | None = None
+        self.worker: Worker | None = None
+        self.datestarted: float | None = None
+        self.greenlet: Any = None
+        self.stored: dict[str, Any] = {}
+        self.settings: TaskSettings | None = None
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self.path}>"
+
+    # -- document
+    @property
+    def path(self) -> str:
+        return (self.data or {}).get("path", "")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return (self.data or {}).get("params") or {}
+
+    @property
+    def queue(self) -> str:
+        return (self.data or {}).get("queue", "default")
+
+    @property
+    def status(self) -> str | None:
+        return (self.data or {}).get("status")
+
+    def fetch(self, projection: Sequence[str] | None = None) -> Job:
+        """Load the document from MongoDB; raises :class:`JobNotFound`."""
+        data = _jobs_collection().find_one({"_id": self.id}, projection=list(projection) if projection else None)
+        if data is None:
+            raise JobNotFound(f"No job with id {self.id} in {JOBS} (expired, deleted, or another database).")
+        self.data = data
+        return self
+
+    def store(self, **fields: Any) -> None:
+        """Fields to write on the job document with its final status (for plugins: memory figures...)."""
+        self.stored.update(fields)
+
+    def set_progress(self, ratio: float, save: bool = False) -> None:
+        self.progress = max(0.0, min(1.0, float(ratio)))
+        if save:
+            _jobs_collection().update_one({"_id": self.id}, {"$set": {"progress": self.progress}})
+
+    def wait(self, timeout: float | None = None, poll_interval: float = 0.1, full_data: bool = False) -> Any:
+        """Poll until the job is no longer queued or started; return its result (or document).
+
+        :raises TimeoutError: if ``timeout`` seconds pass first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self.fetch()
+            if self.status not in (st.QUEUED, st.STARTED):
+                return self.data if full_data else (self.data or {}).get("result")
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"Job {self.id} still {self.status} after {timeout} s")
+            gevent.sleep(poll_interval)
+
+    # -- actions
+    def cancel(self) -> bool:
+        """Cancel the job: a queued job never runs, a running one is stopped within about a second.
+
+        Returns ``False`` if the job had already finished (its status is kept).
+        """
+        from mrq.context import get_broker, get_current_config, get_plugin_manager
+        from mrq.task import task_settings
+
+        data = self.data if self.data and "path" in self.data else self.fetch(["path"]).data or {}
+        ttl = task_settings(data.get("path", ""), get_current_config(), load=False).cancel_ttl
+        now = utcnow()
+        fields = {"status": st.CANCEL, "dateupdated": now, "dateexpires": now + datetime.timedelta(seconds=ttl)}
+        res = _jobs_collection().update_one(
+            {"_id": self.id, "status": {"$in": sorted(st.allowed_from(st.CANCEL))}}, {"$set": fields})
+        if not res.modified_count:
+            return False
+        get_broker().request_kill([str(self.id)])
+        get_plugin_manager().hook.mrq_job_status_changed(job_id=self.id, status=st.CANCEL, fields=fields)
+        return True
+
+    def requeue(self, queue: str | None = None, retry_count: int | None = 0) -> bool:
+        """Queue the job again (any status but ``queued``), on ``queue`` or its own queue.
+
+        :param retry_count: reset the retry counter to this (``None`` keeps it).
+        :raises MRQError: if the job runs now on a live worker (cancel it first).
+        :return: ``False`` if the job was already queued.
+        """
+        from mrq.broker import InFlight
+        from mrq.context import get_broker, get_plugin_manager
+
+        broker = get_broker()
+        self.fetch(["queue", "status", "path"])
+        queue = queue or self.queue
+        rec = broker.redis.hget(broker.inflight_key, str(self.id))
+        if rec:
+            worker = rec.decode().split(" ", 1)[0]
+            if broker.alive([worker])[worker]:
+                raise MRQError(f"Job {self.id} is running on worker {worker}: cancel it first, or let it end.")
+        now = utcnow()
+        fields: dict[str, Any] = {"status": st.QUEUED, "queue": queue, "datequeued": now, "dateupdated": now}
+        if retry_count is not None:
+            fields["retry_count"] = retry_count
+        res = _jobs_collection().update_one({"_id": self.id, "status": {"$ne": st.QUEUED}},
+                                            {"$set": fields, "$unset": {"datedue": ""}})
+        if not res.modified_count:
+            return False
+        if rec:
+            broker.requeue_inflight([InFlight(str(self.id), "", 0, queue)])
+        else:
+            broker.push(queue, [str(self.id)])
+        get_plugin_manager().hook.mrq_job_status_changed(job_id=self.id, status=st.QUEUED, fields=fields)
+        return True
+
+    # -- execution
+    def perform(self, settings: TaskSettings, worker: Worker | None = None) -> Outcome:
+        """Run the task in the current greenlet and decide the outcome; never raises a task error."""
+        from mrq.context import get_plugin_manager, set_current_job
+
+        self.settings, self.worker = settings, worker
+        self.greenlet = gevent.getcurrent()
+        self.datestarted = time.time()
+        set_current_job(self)
+        timer = gevent.Timeout(settings.timeout, TimeoutInterrupt(f"Job ran longer than {settings.timeout} s"))
+        timer.start()
+        try:
+            self.result = get_plugin_manager().hook.mrq_job_execute(worker=worker, job=self)
+            outcome = Outcome(st.SUCCESS)
+        except BaseException as exc:  # noqa: BLE001 - every way a task can end is a status
+            self.exception = exc
+            self.traceback = _format_traceback(exc)
+            outcome = self._outcome_of(exc)
+        finally:
+            fired = not timer.pending
+            timer.close()
+            set_current_job(None)
+        if fired and outcome.status not in (st.TIMEOUT, st.CANCEL, st.INTERRUPT):
+            # The task swallowed the timeout and went on: it still timed out.
+            outcome = Outcome(st.TIMEOUT)
+            self.traceback = self.traceback or "TimeoutInterrupt (caught by the task)"
+        return self._complete(outcome)
+
+    def _outcome_of(self, exc: BaseException) -> Outcome:
+        assert self.settings is not None
+        if isinstance(exc, RetryInterrupt):
+            return self._retry(exc.delay, exc.queue, exc.max_retries)
+        if isinstance(exc, MrqInterrupt):
+            return Outcome(exc.status)
+        if isinstance(exc, (JobInterrupt, gevent.GreenletExit)):
+            return Outcome(st.INTERRUPT, requeue=self.queue)
+        if self.settings.retry_on and isinstance(exc, self.settings.retry_on):
+            return self._retry(None, None, None)
+        return Outcome(st.FAILED)
+
+    def _retry(self, delay: float | None, queue: str | None, max_retries: int | None) -> Outcome:
+        assert self.settings is not None
+        s = self.settings
+        count = int((self.data or {}).get("retry_count") or 0)
+        if count >= (s.max_retries if max_retries is None else max_retries):
+            return Outcome(st.MAXRETRIES)
+        if delay is None:
+            base = min(s.retry_max_delay, s.retry_delay * (s.retry_backoff ** count))
+            delay = base / 2 + random.random() * base / 2  # "equal jitter": between half and all of it
+        queue = queue or self.queue
+        due = time.time() + delay
+        outcome = Outcome(st.RETRY, delayed=(queue, due))
+        outcome.set.update(retry_count=count + 1, queue=queue,
+                           dateretry=datetime.datetime.fromtimestamp(due, datetime.UTC).replace(tzinfo=None))
+        return outcome
+
+    def _complete(self, outcome: Outcome) -> Outcome:
+        """Fill in the fields every status writes."""
+        assert self.settings is not None
+        s, now = self.settings, utcnow()
+        ttl = {st.SUCCESS: s.result_ttl, st.ABORT: s.abort_ttl, st.CANCEL: s.cancel_ttl}.get(
+            outcome.status, s.default_ttl)
+        outcome.set.update(self.stored)
+        outcome.set.update(status=outcome.status, dateupdated=now,
+                           dateexpires=now + datetime.timedelta(seconds=ttl),
+                           totaltime=round(time.time() - (self.datestarted or time.time()), 6))
+        if outcome.status == st.SUCCESS:
+            outcome.set["result"] = self.result
+            if self.progress is not None:
+                outcome.set["progress"] = 1.0
+        elif self.exception is not None or outcome.status == st.TIMEOUT:
+            exc_type = type(self.exception).__name__ if self.exception is not None else "TimeoutInterrupt"
+            outcome.set.update(traceback=self.traceback, exceptiontype=exc_type)
+            outcome.push_history = {"date": now, "status": outcome.status, "exceptiontype": exc_type,
+                                    "traceback": self.traceback,
+                                    "worker": getattr(self.worker, "id", None)}
+        if self.settings.max_concurrency:
+            outcome.release = self.path
+        return outcome
+
+
+def _format_traceback(exc: BaseException) -> str:
+    """The traceback of a task error, without the frames of pluggy's hook machinery."""
+    te = traceback.TracebackException.from_exception(exc)
+    te.stack = traceback.StackSummary.from_list(
+        [f for f in te.stack if "/pluggy/" not in f.filename])
+    return "".join(te.format())
+
+
+class KernelHooks:
+    """MRQ's own hook implementations (registered as plugin ``mrq.kernel``)."""
+
+    @hookimpl(trylast=True)
+    def mrq_job_execute(self, job: Job) -> Any:
+        from mrq.task import load_task
+
+        task = load_task(job.path)
+        task.is_main_task = True
+        result = task.run_wrapped(job.params)
+        try:
+            bson.encode({"result": result})
+        except (bson.errors.InvalidDocument, OverflowError, TypeError) as exc:
+            raise InvalidParams(f"The result of task {job.path!r} cannot be stored in MongoDB: {exc}. "
+                                "Return JSON-like values.") from None
+        return result
+

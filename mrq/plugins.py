@@ -1,0 +1,145 @@
+"""Plugin manager: finds entry points of group ``mrq.plugins`` and registers them with pluggy.
+
+A plugin is enabled by name (``--plugins a,b``, ``MRQ_PLUGINS``, ``PLUGINS = [...]``):
+either the name of an installed entry point (``memtrace``) or the dotted path of
+a module or object (``myproject.mrq_plugin``), handy for a plugin that is not packaged.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import pluggy
+import stevedore
+
+from mrq import hookspecs
+from mrq.exceptions import PluginError
+
+__all__ = ["PluginManager", "ENTRY_POINT_GROUP", "installed_plugins"]
+
+ENTRY_POINT_GROUP = "mrq.plugins"
+log = logging.getLogger("mrq.plugins")
+
+
+def installed_plugins() -> dict[str, Any]:
+    """Entry points of group ``mrq.plugins``, by name (nothing is imported)."""
+    mgr = stevedore.ExtensionManager(ENTRY_POINT_GROUP, invoke_on_load=False, propagate_map_exceptions=True,
+                                     on_load_failure_callback=None, verify_requirements=False)
+    found = {ext.name: ext.entry_point for ext in mgr.extensions}
+    # stevedore only lists entry points it could load; list the others too so that
+    # `--list-plugins` shows a plugin that fails to import.
+    from importlib.metadata import entry_points
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, ep)
+    return found
+
+
+def _version_of(entry_point: Any) -> str:
+    dist = getattr(entry_point, "dist", None)
+    return getattr(dist, "version", "") or ""
+
+
+class PluginManager:
+    """The plugins of one process: MRQ's hookspecs, the kernel's own hooks, and the enabled plugins.
+
+    ``manager.hook.<name>(**kwargs)`` calls a hook. ``MRQ_TRACE_PLUGINS=1`` logs
+    every hook call with its arguments and result (logger ``mrq.plugins``).
+    """
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.enabled: list[str] = []
+        self._versions: dict[str, str] = {}
+        from mrq.job import KernelHooks  # the kernel's own implementation of mrq_job_execute
+        self.pm.register(KernelHooks(), name="mrq.kernel")
+        if os.environ.get("MRQ_TRACE_PLUGINS"):
+            self.pm.trace.root.setwriter(lambda msg: log.warning(msg.rstrip()))
+            self.pm.enable_tracing()
+
+    @property
+    def hook(self) -> Any:
+        return self.pm.hook
+
+    def enable(self, names: Iterable[str]) -> None:
+        """Load and register plugins by name; raise :class:`PluginError` naming an unknown one."""
+        installed: dict[str, Any] | None = None
+        for name in names:
+            if name in self.enabled:
+                continue
+            if "." in name or ":" in name:
+                plugin = self._import_path(name)
+            else:
+                if installed is None:
+                    installed = installed_plugins()
+                if name not in installed:
+                    listing = ", ".join(sorted(installed)) or "none"
+                    raise PluginError(
+                        f"Unknown plugin {name!r}. Installed plugins: {listing}. Install it (for example "
+                        f"`pip install mrq-{name}`) or give the dotted path of a module (`mypackage.myplugin`)."
+                    )
+                try:
+                    plugin = installed[name].load()
+                except Exception as exc:
+                    raise PluginError(f"Plugin {name!r} failed to import: {type(exc).__name__}: {exc}") from exc
+                self._versions[name] = _version_of(installed[name])
+            self.register(plugin, name)
+
+    def register(self, plugin: Any, name: str) -> None:
+        """Register a plugin object (module, class or instance) under ``name``."""
+        if inspect.isclass(plugin):
+            plugin = plugin()
+        try:
+            self.pm.register(plugin, name=name)
+        except ValueError as exc:
+            raise PluginError(f"Plugin {name!r} could not be registered: {exc}") from exc
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            self.pm.unregister(name=name)
+            raise PluginError(f"Plugin {name!r} implements a hook MRQ does not know: {exc}. "
+                              "See docs/plugins.md for the list of hooks.") from exc
+        self.enabled.append(name)
+
+    @staticmethod
+    def _import_path(path: str) -> Any:
+        module_name, _, attr = path.partition(":")
+        try:
+            obj = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise PluginError(f"Plugin {path!r} could not be imported: {exc}. Check the dotted path and "
+                              "that its package is on the Python path.") from exc
+        return getattr(obj, attr) if attr else obj
+
+    def plugin_options(self) -> list[Any]:
+        """Options added by the enabled plugins (``mrq_add_options``)."""
+        from mrq.config import OPTIONS
+        taken = {o.name for o in OPTIONS}
+        options = []
+        for group in self.hook.mrq_add_options():
+            for opt in group or []:
+                if opt.name in taken:
+                    raise PluginError(f"Option {opt.name!r} added by a plugin is already defined; "
+                                      "plugins should prefix their options with their name.")
+                taken.add(opt.name)
+                options.append(opt)
+        return options
+
+    def describe(self) -> list[dict[str, Any]]:
+        """One entry per installed or enabled plugin: name, version, enabled, hooks."""
+        rows: dict[str, dict[str, Any]] = {}
+        for name, ep in installed_plugins().items():
+            rows[name] = {"name": name, "version": _version_of(ep), "enabled": False, "hooks": [],
+                          "source": ep.value}
+        for name in self.enabled:
+            plugin = self.pm.get_plugin(name)
+            hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
+            row = rows.setdefault(name, {"name": name, "version": self._versions.get(name, ""),
+                                         "source": name})
+            row.update(enabled=True, hooks=hooks)
+        return sorted(rows.values(), key=lambda r: r["name"])

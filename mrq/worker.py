@@ -1,0 +1,430 @@
+"""The worker: dequeues batches of jobs and runs them concurrently in a gevent pool.
+
+One loop: wait for free pool slots, pop up to that many ids in one Lua call
+(priority order, recorded in flight atomically), fetch their documents in one
+``find``, spawn them. Statuses and logs go through batched writers; a heartbeat
+greenlet keeps the worker known alive in Redis and takes cancel requests; a
+report greenlet writes the worker document.
+
+Signals: SIGINT once = stop dequeuing, finish the running jobs, exit 0. SIGINT
+twice or SIGTERM = running jobs are interrupted (status ``interrupt``) and put
+back at the head of their queue.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import signal
+import socket
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+import gevent.event
+import gevent.lock
+import gevent.pool
+import psutil
+from bson import ObjectId
+
+from mrq import context
+from mrq import status as st
+from mrq.config import Config
+from mrq.connections import ROUNDTRIPS
+from mrq.exceptions import CancelInterrupt, JobInterrupt, MaxConcurrencyInterrupt, StopRequested
+from mrq.indexes import ensure_indexes
+from mrq.job import JOBS, Job, Outcome, utcnow
+from mrq.logger import JobLogHandler
+from mrq.task import TaskSettings, task_settings
+from mrq.writer import StatusWriter
+
+__all__ = ["Worker", "WORKERS"]
+
+WORKERS = "mrq_workers"
+_FETCH_FIELDS = ["path", "params", "queue", "status", "retry_count", "datequeued"]
+
+
+class Worker:
+    """A worker process's state. ``Worker(config).work()`` runs until stopped and returns the exit code."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.id = ObjectId()
+        self.name = config.get("name") or f"{socket.gethostname().split('.')[0]}.{os.getpid()}"
+        self.log = logging.getLogger(f"mrq.worker.{self.name}")
+        self.greenlets = max(1, int(config["greenlets"]))
+        self.pool = gevent.pool.Pool(self.greenlets)
+        self.queues: list[str] = list(config.get("queues") or ["default"])
+        self.active_queues: list[str] = [q for q in self.queues]
+        self.status = "init"
+        self.counters: Counter[str] = Counter()
+        self.jobs: dict[ObjectId, Job] = {}
+        self.exitcode = 0
+        self.datestarted = utcnow()
+        self._started_at = time.monotonic()
+        self._graceful = False
+        self._stopping = False
+        self._main: gevent.Greenlet | None = None
+        self._services: list[gevent.Greenlet] = []
+        self._settings: dict[str, TaskSettings] = {}
+        self._rotation = 0
+        self.plugins = config.plugin_manager  # type: ignore[attr-defined]
+        self.broker = context.get_broker()
+        self.db = context.connections.mongodb_jobs
+        self.logs_db = context.connections.mongodb_logs
+        self.writer = StatusWriter(self.db[JOBS], self.broker, float(config["flush_interval"]),
+                                   on_written=self._on_written)
+        self.log_handler = JobLogHandler(self.id)
+        self.log_handler.setFormatter(logging.Formatter(config["log_format"]))
+        self._process = psutil.Process()
+
+    # ------------------------------------------------------------------ lifecycle
+    def work(self) -> int:
+        """Run until stopped (signal, ``--max_jobs``, ``--max_time``, ``--max_memory``, burst end)."""
+        context.set_current_worker(self)
+        self._main = gevent.getcurrent()
+        logging.getLogger("mrq.current").addHandler(self.log_handler)
+        try:
+            ensure_indexes(self.db, self.logs_db, int(self.config.get("mongodb_logs_size", 0)))
+            self.plugins.hook.mrq_worker_start(worker=self)
+        except Exception as exc:
+            self.log.error("Worker could not start: %s: %s", type(exc).__name__, exc)
+            return 1
+        self._install_signals()
+        self._spawn_service("writer", self.writer.run)
+        self._spawn_service("heartbeat", self._heartbeat_loop)
+        self._spawn_service("report", self._report_loop)
+        if any(q.endswith("/") for q in self.queues):
+            self._spawn_service("subqueues", self._subqueues_loop)
+        for funcs in self.plugins.hook.mrq_worker_services(worker=self):
+            for func in funcs or []:
+                self._spawn_service(getattr(func, "__name__", "service"), func, restart=True)
+        self.log.info("Worker %s (%s) started: queues %s, %d greenlets", self.name, self.id,
+                      " ".join(self.queues), self.greenlets)
+        try:
+            self._refresh_subqueues()
+            self._loop()
+        except StopRequested:
+            pass
+        self._stop()
+        return self.exitcode
+
+    def stop(self, graceful: bool = True) -> None:
+        """Stop dequeuing; ``graceful=False`` also interrupts the running jobs (they are requeued)."""
+        if not self._graceful:
+            self._graceful = True
+            self.log.info("Stopping: no new jobs; waiting for %d running job(s)", len(self.jobs))
+            if self._main is not None and self._main is not gevent.getcurrent():
+                self._main.kill(StopRequested, block=False)
+        if not graceful and not self._stopping:
+            self._stopping = True
+            self.status = "killing"
+            self.log.warning("Interrupting %d running job(s); they will be requeued", len(self.jobs))
+            self.pool.kill(JobInterrupt, block=False)
+
+    def _install_signals(self) -> None:
+        def on_sigint() -> None:
+            self.stop(graceful=not self._graceful)
+
+        try:
+            gevent.signal_handler(signal.SIGINT, on_sigint)
+            gevent.signal_handler(signal.SIGTERM, lambda: self.stop(graceful=False))
+        except ValueError:  # not the main thread (embedded in tests): no signals
+            pass
+
+    def _stop(self) -> None:
+        self.status = "join"
+        try:
+            self.pool.join()
+        except StopRequested:
+            self.pool.join()
+        elapsed = time.monotonic() - self._started_at
+        done = self.counters["done"]
+        self.log.info("Worker spent %.1f s performing %d jobs (%.1f jobs/s)", elapsed, done,
+                      done / elapsed if elapsed else 0)
+        try:
+            self.plugins.hook.mrq_worker_stop(worker=self)
+        except Exception:
+            self.log.exception("A plugin failed in mrq_worker_stop")
+        if not self.writer.flush(timeout=60):
+            self.log.error("Some status writes could not be stored; their jobs stay in flight and will be "
+                           "requeued")
+        self._flush_logs()
+        self._requeue_leftovers()
+        for g in self._services:
+            g.kill(block=True, timeout=5)
+        self.status = "stop"
+        self._report()
+        try:
+            self.broker.forget_worker(str(self.id))
+        except Exception:  # noqa: BLE001
+            pass
+        logging.getLogger("mrq.current").removeHandler(self.log_handler)
+        context.set_current_worker(None)
+
+    def _requeue_leftovers(self) -> None:
+        """Ids this worker popped but did not finish (killed mid-dequeue): back to their queue."""
+        try:
+            mine = self.broker.inflight(str(self.id))
+            if mine:
+                ids = self.broker.requeue_inflight(mine, str(self.id))
+                self.log.warning("Requeued %d job(s) dequeued but not run", len(ids))
+        except Exception:
+            self.log.exception("Could not requeue leftover in-flight jobs (the cleaning plugin will)")
+
+    def _spawn_service(self, name: str, func: Callable[[], Any], restart: bool = False) -> None:
+        def run() -> None:
+            while True:
+                try:
+                    func()
+                    return
+                except gevent.GreenletExit:
+                    raise
+                except Exception:
+                    self.log.exception("Service %s failed", name)
+                    if not restart:
+                        raise
+                    gevent.sleep(5)
+
+        self._services.append(gevent.spawn(run))
+
+    # ------------------------------------------------------------------ main loop
+    def _loop(self) -> None:
+        strategy = self.config["dequeue_strategy"]
+        max_jobs, max_time = int(self.config["max_jobs"]), float(self.config["max_time"])
+        max_latency = float(self.config["max_latency"])
+        while not self._graceful:
+            if max_time and time.monotonic() - self._started_at > max_time:
+                self.log.info("--max_time %s reached", max_time)
+                break
+            free = self._wait_for_slots()
+            if max_jobs:
+                free = min(free, max_jobs - self.counters["dequeued"])
+                if free <= 0:
+                    self.log.info("--max_jobs %d reached", max_jobs)
+                    break
+            self.status = "spawn"
+            count = self._dequeue(free, strategy)
+            if count:
+                continue
+            if strategy == "burst":
+                if self.pool.free_count() == self.greenlets and not len(self.writer):
+                    break
+                self.status = "wait"
+                self.broker.wait(self.active_queues, 0.1)  # running jobs may queue more
+                continue
+            self.status = "wait"
+            self.broker.wait(self.active_queues, max_latency)
+
+    def _wait_for_slots(self) -> int:
+        if self.pool.free_count() == 0:
+            self.status = "full"
+            self.pool.wait_available()
+            # Let the jobs that end in the same tick free their slots: dequeue in bigger batches.
+            for _ in range(3):
+                if self.pool.free_count() >= max(1, self.greenlets // 2):
+                    break
+                gevent.sleep(0)
+        return self.pool.free_count()
+
+    def _dequeue(self, count: int, strategy: str) -> int:
+        queues = self.active_queues
+        per_queue = count
+        if strategy == "parallel" and len(queues) > 1:
+            self._rotation = (self._rotation + 1) % len(queues)
+            queues = queues[self._rotation:] + queues[:self._rotation]
+            per_queue = max(1, -(-count // len(queues)))
+        popped = self.broker.dequeue(str(self.id), queues, count, per_queue)
+        if not popped:
+            return 0
+        self.counters["dequeued"] += len(popped)
+        docs = self._fetch([ObjectId(i) for _, i in popped])
+        jobs: list[Job] = []
+        now = utcnow()
+        for queue, sid in popped:
+            oid = ObjectId(sid)
+            doc = docs.get(oid)
+            if doc is None:
+                self.log.warning("Job %s popped from queue %s has no document in %s (deleted or expired); "
+                                 "dropped", sid, queue, JOBS)
+                self.writer.acknowledge(sid)
+                continue
+            if doc.get("status") not in st.RUNNABLE_STATUSES:
+                self.counters["skipped"] += 1
+                self.writer.acknowledge(sid)
+                continue
+            if not self._allowed(doc.get("path", "")):
+                self.writer.finished(oid, self._push_back(doc, queue))
+                continue
+            job = Job(oid, doc)
+            jobs.append(job)
+        if jobs:
+            self.plugins.hook.mrq_jobs_dequeued(worker=self, jobs=jobs)
+        for job in jobs:
+            settings = self._settings_of(job.path)
+            job.settings = settings
+            if settings.max_concurrency and not self.broker.acquire(
+                    job.path, str(job.id), settings.max_concurrency, settings.timeout + 30):
+                job.exception = MaxConcurrencyInterrupt(f"max_concurrency={settings.max_concurrency} reached")
+                job.traceback = repr(job.exception)
+                outcome = job._complete(Outcome(st.MAXCONCURRENCY))
+                outcome.release = None
+                self.writer.finished(job.id, outcome)
+                self.counters[st.MAXCONCURRENCY] += 1
+                continue
+            self.writer.started(job.id, {"status": st.STARTED, "datestarted": now, "dateupdated": now,
+                                         "worker": self.id})
+            self.jobs[job.id] = job
+            self.pool.spawn(self._perform, job, settings)
+        return len(popped)
+
+    def _push_back(self, doc: dict[str, Any], queue: str) -> Outcome:
+        """A job this worker may not run (whitelist/blacklist): back at the end of its queue."""
+        self.counters["pushed_back"] += 1
+        return Outcome(doc.get("status", st.QUEUED), delayed=(queue, time.time()))
+
+    def _allowed(self, path: str) -> bool:
+        whitelist, blacklist = self.config.get("task_whitelist"), self.config.get("task_blacklist")
+        if whitelist:
+            return path in whitelist
+        return not (blacklist and path in blacklist)
+
+    def _fetch(self, ids: list[ObjectId]) -> dict[ObjectId, dict[str, Any]]:
+        while True:
+            try:
+                return {d["_id"]: d for d in self.db[JOBS].find({"_id": {"$in": ids}}, _FETCH_FIELDS)}
+            except Exception as exc:  # noqa: BLE001 - MongoDB down: the ids stay in flight, retry
+                self.log.warning("Fetching %d jobs failed (%s: %s); retrying", len(ids), type(exc).__name__, exc)
+                gevent.sleep(1)
+
+    def _settings_of(self, path: str) -> TaskSettings:
+        if path not in self._settings:
+            self._settings[path] = task_settings(path, self.config)
+        return self._settings[path]
+
+    def _perform(self, job: Job, settings: TaskSettings) -> None:
+        try:
+            outcome = job.perform(settings, worker=self)
+            try:
+                self.plugins.hook.mrq_job_finished(worker=self, job=job, status=outcome.status)
+            except Exception:
+                self.log.exception("A plugin failed in mrq_job_finished for job %s", job.id)
+            self.writer.finished(job.id, outcome)
+            self.counters["done"] += 1
+            self.counters[outcome.status] += 1
+        finally:
+            self.jobs.pop(job.id, None)
+        if outcome.status == st.FAILED and not self.config.get("quiet"):
+            self.log.error("Job %s %s failed:\n%s", job.id, job.path, job.traceback)
+
+    def _on_written(self, written: list[tuple[ObjectId, str, dict[str, Any]]]) -> None:
+        hook = self.plugins.hook.mrq_job_status_changed
+        for job_id, status, fields in written:
+            hook(job_id=job_id, status=status, fields=fields)
+
+    def _refresh_subqueues(self) -> None:
+        if not any(q.endswith("/") for q in self.queues):
+            return
+        known = self.broker.known_queues()
+        active: list[str] = []
+        for q in self.queues:
+            active.append(q)
+            if q.endswith("/"):
+                active.extend(k for k in known if k.startswith(q) and k != q)
+        self.active_queues = active
+
+    # ------------------------------------------------------------------ background services
+    def _subqueues_loop(self) -> None:
+        interval = float(self.config["subqueues_refresh_interval"]) or 10.0
+        while True:
+            gevent.sleep(interval)
+            try:
+                self._refresh_subqueues()
+            except Exception as exc:  # noqa: BLE001
+                self.log.warning("Subqueue refresh failed: %s", exc)
+
+    def _heartbeat_loop(self) -> None:
+        interval, ttl = float(self.config["heartbeat_interval"]), float(self.config["heartbeat_ttl"])
+        while True:
+            try:
+                for sid in self.broker.heartbeat(str(self.id), ttl, self.status):
+                    self._kill_job(ObjectId(sid))
+            except Exception as exc:  # noqa: BLE001 - Redis down: keep trying
+                self.log.warning("Heartbeat failed: %s: %s", type(exc).__name__, exc)
+            self._flush_logs()
+            gevent.sleep(interval)
+
+    def _kill_job(self, job_id: ObjectId) -> None:
+        job = self.jobs.get(job_id)
+        if job is None or job.greenlet is None:
+            return
+        self.log.info("Cancelling running job %s %s", job_id, job.path)
+        job.greenlet.kill(CancelInterrupt("cancelled while running"), block=False)
+
+    def _flush_logs(self) -> None:
+        try:
+            self.log_handler.flush_to(self.logs_db)
+        except Exception as exc:  # noqa: BLE001 - kept for the next flush
+            self.log.warning("Storing job logs failed: %s: %s", type(exc).__name__, exc)
+
+    def _report_loop(self) -> None:
+        interval = float(self.config["report_interval"])
+        max_memory = int(self.config.get("max_memory") or 0)
+        while True:
+            self._report()
+            if max_memory and self.memory_mb() > max_memory and not self._graceful:
+                self.log.warning("Memory %d MB above --max_memory %d MB: stopping", self.memory_mb(), max_memory)
+                self.stop(graceful=True)
+            gevent.sleep(interval if interval > 0 else 3600)
+
+    def memory_mb(self) -> int:
+        return int(self._process.memory_info().rss / 1024 / 1024)
+
+    def report(self) -> dict[str, Any]:
+        """The worker document written to ``mrq_workers``."""
+        now = utcnow()
+        cpu = self._process.cpu_times()
+        jobs = []
+        for job in list(self.jobs.values()):
+            stack = traceback.format_stack(job.greenlet.gr_frame) if job.greenlet is not None and \
+                job.greenlet.gr_frame is not None else []
+            jobs.append({"id": job.id, "path": job.path, "queue": job.queue, "progress": job.progress,
+                         "datestarted": datetime.datetime.fromtimestamp(job.datestarted or 0, datetime.UTC)
+                         .replace(tzinfo=None), "stack": stack[-20:]})
+        report: dict[str, Any] = {
+            "_id": self.id, "name": self.name, "status": self.status, "host": socket.gethostname(),
+            "pid": os.getpid(), "queues": self.queues, "active_queues": self.active_queues,
+            "greenlets": self.greenlets, "datestarted": self.datestarted, "datereported": now,
+            "dateexpires": now + datetime.timedelta(seconds=max(3600.0, 3 * float(self.config["report_interval"]))),
+            "config": {k: self.config.get(k) for k in ("greenlets", "max_jobs", "max_time", "max_memory",
+                                                       "dequeue_strategy", "report_interval", "plugins",
+                                                       "max_latency", "flush_interval")},
+            "process": {"cpu": {"user": cpu.user, "system": cpu.system}, "mem": {"rss": self.memory_mb()}},
+            "jobs": jobs,
+            "counters": dict(self.counters) | {
+                "redis_roundtrips": ROUNDTRIPS["redis"], "mongodb_roundtrips": ROUNDTRIPS["mongodb"],
+                "statuses_written": self.writer.written, "status_writes_refused": self.writer.refused,
+                "status_write_errors": self.writer.errors},
+        }
+        try:
+            self.plugins.hook.mrq_worker_report(worker=self, report=report)
+        except Exception:
+            self.log.exception("A plugin failed in mrq_worker_report")
+        return report
+
+    def _report(self) -> None:
+        try:
+            report = self.report()
+            progress = [(j.id, j.progress) for j in self.jobs.values() if j.progress is not None]
+            if progress:
+                from pymongo import UpdateOne
+                self.db[JOBS].bulk_write([UpdateOne({"_id": i, "status": st.STARTED}, {"$set": {"progress": p}})
+                                          for i, p in progress], ordered=False)
+            self.db[WORKERS].replace_one({"_id": self.id}, report, upsert=True)
+        except Exception as exc:  # noqa: BLE001 - a missed report is not fatal
+            self.log.warning("Worker report failed: %s: %s", type(exc).__name__, exc)
+

@@ -1,0 +1,158 @@
+"""The worker's batching status writer: many jobs' status changes, one MongoDB round trip.
+
+A job's "started" write and its final write usually meet in the same batch and
+become one update. Each flush is one unordered ``bulk_write`` to ``mrq_jobs``,
+then one Redis MULTI that acknowledges the jobs (drops their in-flight records,
+schedules retries, requeues interrupted jobs, frees concurrency slots). If
+MongoDB or Redis is down, the batch is kept and retried until it goes through:
+a status write is never dropped, and a job is acknowledged in Redis only after
+its status is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import gevent
+from bson import ObjectId
+from pymongo import UpdateOne
+
+from mrq import status as st
+from mrq.broker import AckBatch, Broker
+from mrq.job import Outcome
+
+__all__ = ["StatusWriter"]
+
+log = logging.getLogger("mrq.writer")
+
+
+@dataclass
+class _Pending:
+    allowed: frozenset[str]
+    set: dict[str, Any] = field(default_factory=dict)
+    push: list[dict[str, Any]] = field(default_factory=list)
+    ack: bool = False
+
+
+class StatusWriter:
+    """Buffers status writes and flushes them every ``interval`` seconds (or at ``max_batch``)."""
+
+    def __init__(self, collection: Any, broker: Broker, interval: float,
+                 on_written: Callable[[list[tuple[ObjectId, str, dict[str, Any]]]], None] | None = None,
+                 max_batch: int = 1000) -> None:
+        self.collection = collection
+        self.broker = broker
+        self.interval = interval
+        self.max_batch = max_batch
+        self.on_written = on_written
+        self._pending: dict[ObjectId, _Pending] = {}
+        self._ack = AckBatch()
+        self._wakeup = gevent.event.Event()
+        self.written = 0
+        self.refused = 0
+        self.errors = 0
+
+    def __len__(self) -> int:
+        return len(self._pending) + (1 if self._ack else 0)
+
+    def started(self, job_id: ObjectId, fields: dict[str, Any]) -> None:
+        """Record that a job started (written with the next flush, merged with its end if it is quick)."""
+        pending = self._pending.setdefault(job_id, _Pending(st.allowed_from(st.STARTED)))
+        pending.set.update(fields)
+
+    def finished(self, job_id: ObjectId, outcome: Outcome) -> None:
+        """Record a job's end; it is acknowledged in Redis once the write is stored."""
+        pending = self._pending.setdefault(job_id, _Pending(st.allowed_from(outcome.status)))
+        pending.set.update(outcome.set)
+        if outcome.push_history:
+            pending.push.append(outcome.push_history)
+        pending.ack = True
+        sid = str(job_id)
+        self._ack.done.append(sid)
+        if outcome.delayed:
+            self._ack.delayed.append((outcome.delayed[0], sid, outcome.delayed[1]))
+        if outcome.requeue:
+            self._ack.requeue.append((outcome.requeue, sid))
+        if outcome.release:
+            self._ack.release.append((outcome.release, sid))
+        if len(self._pending) >= self.max_batch:
+            self._wakeup.set()
+
+    def acknowledge(self, job_id: str, release: str | None = None) -> None:
+        """Drop an in-flight record with no status write (a job that must not run, already ended)."""
+        self._ack.done.append(job_id)
+        if release:
+            self._ack.release.append((release, job_id))
+
+    def run(self) -> None:
+        """The flush loop (a greenlet of the worker)."""
+        while True:
+            self._wakeup.wait(self.interval)
+            self._wakeup.clear()
+            self.flush_once()
+
+    def flush_once(self) -> bool:
+        """Write what is pending; return False (keeping it) if a server did not answer."""
+        if self._pending:
+            pending, self._pending = self._pending, {}
+            ops = []
+            for job_id, p in pending.items():
+                update: dict[str, Any] = {"$set": p.set}
+                if p.push:
+                    update["$push"] = {"traceback_history": {"$each": p.push}}
+                if "status" in p.set and p.set["status"] == st.STARTED:
+                    update["$unset"] = {"datedue": ""}
+                ops.append(UpdateOne({"_id": job_id, "status": {"$in": sorted(p.allowed)}}, update))
+            try:
+                result = self.collection.bulk_write(ops, ordered=False)
+            except Exception as exc:  # noqa: BLE001 - any server error: keep the batch and retry
+                self.errors += 1
+                log.warning("Status write of %d jobs failed (%s: %s); retrying", len(ops), type(exc).__name__, exc)
+                for job_id, p in pending.items():  # newer changes win over the failed batch
+                    newer = self._pending.get(job_id)
+                    if newer is not None:
+                        p.set.update(newer.set)
+                        p.push.extend(newer.push)
+                        p.ack = p.ack or newer.ack
+                    self._pending[job_id] = p
+                gevent.sleep(min(1.0, self.interval * 2))
+                return False
+            self.written += len(ops)
+            written = [(i, p.set.get("status", ""), p.set) for i, p in pending.items()]
+            if result.matched_count < len(ops):
+                written = self._keep_applied(written)
+            if self.on_written:
+                self.on_written(written)
+        if self._ack:
+            ack, self._ack = self._ack, AckBatch()
+            try:
+                self.broker.ack(ack)
+            except Exception as exc:  # noqa: BLE001
+                self.errors += 1
+                log.warning("Acknowledging %d jobs in Redis failed (%s: %s); retrying",
+                            len(ack.done), type(exc).__name__, exc)
+                self._ack.done[:0] = ack.done
+                self._ack.delayed[:0] = ack.delayed
+                self._ack.requeue[:0] = ack.requeue
+                self._ack.release[:0] = ack.release
+                gevent.sleep(min(1.0, self.interval * 2))
+                return False
+        return True
+
+    def _keep_applied(self, written: list[tuple[ObjectId, str, dict[str, Any]]]) -> list[Any]:
+        """Some updates matched no document (the job was cancelled meanwhile): report only the others."""
+        statuses = {d["_id"]: d.get("status") for d in
+                    self.collection.find({"_id": {"$in": [w[0] for w in written]}}, {"status": 1})}
+        kept = [w for w in written if statuses.get(w[0]) == w[1]]
+        self.refused += len(written) - len(kept)
+        return kept
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Flush until nothing is pending or ``timeout`` passes; True if everything was written."""
+        with gevent.Timeout(timeout, False):
+            while len(self):
+                self.flush_once()
+        return not len(self)
