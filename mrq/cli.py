@@ -167,3 +167,11 @@ def embedded_main(argv: Sequence[str] | None = None) -> int:
     from mrq.embedded import main
 
     return main(argv)
+
+
+if __name__ == "__main__":  # python -m mrq.cli worker|run|plugins ...
+    _commands = {"worker": worker_main, "run": run_main, "plugins": plugins_main, "embedded": embedded_main}
+    if len(sys.argv) < 2 or sys.argv[1] not in _commands:
+        print(f"usage: python -m mrq.cli {{{','.join(_commands)}}} ...", file=sys.stderr)
+        raise SystemExit(2)
+    raise SystemExit(_commands[sys.argv[1]](sys.argv[2:]))

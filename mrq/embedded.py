@@ -1,0 +1,117 @@
+"""Embedded mode: Redis and a MongoDB-compatible server started under ``./.mrq/`` for a laptop or a demo.
+
+``mrq-embedded`` starts both servers, a worker on the example tasks, queues a
+few jobs and prints what to look at. Any command given ``--embedded`` (or
+``MRQ_EMBEDDED=1``) joins those servers, or starts them if they are not running.
+Production points ``--redis`` and ``--mongodb`` at real servers instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["apply_embedded", "ensure_servers", "main", "EMBEDDED_DIR"]
+
+EMBEDDED_DIR = Path(".mrq")
+_STATE = "servers.json"
+_kept: list[Any] = []  # servers started by this process (stopped when it exits)
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def ensure_servers(directory: Path = EMBEDDED_DIR) -> tuple[str, str]:
+    """Join the embedded servers of ``directory``, starting those that are not running.
+
+    :return: ``(redis_url, mongodb_uri)``.
+    """
+    from mrq.servers import MongoServer, RedisServer
+
+    directory.mkdir(parents=True, exist_ok=True)
+    state_path = directory / _STATE
+    state: dict[str, int] = json.loads(state_path.read_text()) if state_path.exists() else {}
+    redis_port, mongo_port = state.get("redis"), state.get("mongodb")
+    if not (redis_port and _answers(redis_port)):
+        server = RedisServer(data_dir=directory / "redis", persistent=True).start()
+        _kept.append(server)
+        redis_port = server.port
+    if not (mongo_port and _answers(mongo_port)):
+        server = MongoServer(data_dir=directory / "mongodb").start()
+        _kept.append(server)
+        mongo_port = server.port
+    state_path.write_text(json.dumps({"redis": redis_port, "mongodb": mongo_port}))
+    return (f"redis://127.0.0.1:{redis_port}/0",
+            f"mongodb://127.0.0.1:{mongo_port}/mrq?directConnection=true")
+
+
+def apply_embedded(config: dict[str, Any]) -> None:
+    """Point ``config`` at the embedded servers (``--embedded``)."""
+    config["redis"], config["mongodb_jobs"] = ensure_servers()
+
+
+def _print_banner(redis_url: str, mongodb_uri: str, worker_pid: int) -> None:
+    print(f"""
+MRQ is running on embedded servers (data in {EMBEDDED_DIR.resolve()}):
+  Redis    {redis_url}
+  MongoDB  {mongodb_uri}
+  Worker   pid {worker_pid}, queues: default, 10 greenlets (tasks in mrq/examples/tasks.py)
+
+Try, in another terminal (same folder):
+  mrq-run --embedded mrq.examples.tasks.Add '{{"a": 41, "b": 1}}'           # runs here, prints 42
+  mrq-run --embedded --async --wait mrq.examples.tasks.Crawl '{{"pages": 20}}'  # queued, progress bar
+  mrq-run --embedded --async mrq.examples.tasks.Fail '{{}}'                  # prints the job id
+Job documents (status, result, traceback) are in the mrq_jobs collection, logs in mrq_logs,
+workers in mrq_workers. Press Ctrl-C to stop the worker and the servers.
+""", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``mrq-embedded``: servers + a worker with example jobs, in the foreground until Ctrl-C."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    redis_url, mongodb_uri = ensure_servers()
+    env = dict(os.environ, MRQ_REDIS=redis_url, MRQ_MONGODB_JOBS=mongodb_uri, MRQ_EMBEDDED="")
+    worker = subprocess.Popen([sys.executable, "-m", "mrq.cli", "worker", "--greenlets", "10",
+                               "--report_interval", "2", *argv, "default"], env=env)
+    seed = subprocess.run([sys.executable, "-c", _SEED], env=env, capture_output=True, text=True)
+    if seed.returncode:
+        print(seed.stderr, file=sys.stderr)
+    _print_banner(redis_url, mongodb_uri, worker.pid)
+    print(seed.stdout, flush=True)
+    try:
+        while worker.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        worker.send_signal(signal.SIGINT)
+        worker.wait(60)
+    for server in _kept:
+        server.stop()
+    return worker.returncode or 0
+
+
+_SEED = """
+from mrq.context import setup_context
+from mrq.job import queue_job, queue_jobs
+setup_context()
+ids = queue_jobs("mrq.examples.tasks.Add", [{"a": i, "b": i} for i in range(20)])
+crawl = queue_job("mrq.examples.tasks.Crawl", {"pages": 30})
+flaky = queue_job("mrq.examples.tasks.Flaky", {})
+fail = queue_job("mrq.examples.tasks.Fail", {})
+print("Queued 20 Add jobs, Crawl", crawl, ", Flaky", flaky, "and Fail", fail)
+"""

@@ -45,6 +45,11 @@ __all__ = [
     "mrq_redis_server",
     "mrq_urls",
     "redis_restartable",
+    "mrq_config",
+    "mrq_worker",
+    "mrq_worker_factory",
+    "WorkerProcess",
+    "wait_for_idle",
 ]
 
 REDIS_URI_ENV = "MRQ_TEST_REDIS_URI"
@@ -263,3 +268,161 @@ def mongodb_restartable() -> Iterator[MongoServer]:
     finally:
         server.kill()
         server.cleanup()
+
+
+# ---------------------------------------------------------------------------------------------------
+# MRQ context and workers
+# ---------------------------------------------------------------------------------------------------
+
+#: Settings that make test workers react fast (each can be overridden per worker).
+FAST_WORKER_ENV = {
+    "MRQ_MAX_LATENCY": "0.1",
+    "MRQ_FLUSH_INTERVAL": "0.05",
+    "MRQ_REPORT_INTERVAL": "1",
+    "MRQ_HEARTBEAT_INTERVAL": "0.2",
+    "MRQ_HEARTBEAT_TTL": "2",
+    "MRQ_LOG_LEVEL": "INFO",
+}
+
+
+@pytest.fixture
+def mrq_config(mrq_urls: ServerURLs) -> Iterator[Any]:
+    """The MRQ context of this test process, pointed at the test servers (``setup_context``)."""
+    from mrq.context import connections, setup_context
+
+    config = setup_context(redis=mrq_urls.redis, mongodb_jobs=mrq_urls.mongodb)
+    try:
+        yield config
+    finally:
+        connections.reset()
+
+
+class WorkerProcess:
+    """A real ``mrq-worker`` subprocess against the test servers."""
+
+    def __init__(self, urls: ServerURLs, cwd: str, env: dict[str, str] | None = None) -> None:
+        self.urls = urls
+        self.cwd = cwd
+        self.env = dict(env or {})
+        self.proc: Any = None
+        self.args: list[str] = []
+
+    def start(self, *args: str, queues: tuple[str, ...] | list[str] = ("default",),
+              env: dict[str, str] | None = None, wait: bool = True) -> WorkerProcess:
+        """Start ``mrq-worker ARGS QUEUES``; with ``wait``, return once its first report is stored."""
+        import subprocess
+        import sys
+
+        self.args = [*args, *queues]
+        full_env = dict(os.environ, **FAST_WORKER_ENV, MRQ_REDIS=self.urls.redis,
+                        MRQ_MONGODB_JOBS=self.urls.mongodb, PYTHONUNBUFFERED="1")
+        full_env.update(self.env)
+        full_env.update(env or {})
+        self.proc = subprocess.Popen([sys.executable, "-m", "mrq.cli", "worker", *self.args], cwd=self.cwd,
+                                     env=full_env)
+        if wait:
+            self.wait_for_report()
+        return self
+
+    @property
+    def pid(self) -> int:
+        return int(self.proc.pid)
+
+    def _db(self) -> Any:
+        from mrq.context import connections
+
+        return connections.mongodb_jobs
+
+    def report(self) -> dict[str, Any] | None:
+        """This worker's latest document in ``mrq_workers``."""
+        return self._db()["mrq_workers"].find_one({"pid": self.pid}, sort=[("datestarted", -1)])
+
+    def wait_for_report(self, timeout: float = 30) -> dict[str, Any]:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            report = self.report()
+            if report is not None:
+                return report
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with code {self.proc.returncode} before reporting")
+            time.sleep(0.05)
+        raise AssertionError(f"worker {self.pid} wrote no report within {timeout} s")
+
+    def wait_for_idle(self, timeout: float = 60) -> None:
+        """Wait until every queue is empty (delayed jobs that are due included) and nothing is in flight.
+
+        A job leaves the in-flight record only after its status is stored, so once
+        this returns, every job that was queued has its final status in MongoDB.
+        """
+        wait_for_idle(timeout=timeout)
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 60) -> int:
+        """Send ``sig`` and wait for the exit code (SIGKILL after ``timeout``)."""
+        import subprocess
+
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc is not None else 0
+        self.proc.send_signal(sig)
+        try:
+            return int(self.proc.wait(timeout))
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"worker {self.pid} did not exit within {timeout} s of signal {sig}") from None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def wait_for_idle(timeout: float = 60, poll: float = 0.02) -> None:
+    """Wait until the queues of the current MRQ context are drained and no job is in flight."""
+    import time
+
+    from mrq.context import get_broker
+
+    broker = get_broker()
+    deadline = time.monotonic() + timeout
+    calm = 0
+    while time.monotonic() < deadline:
+        queues = broker.known_queues()
+        sizes = broker.sizes(queues) if queues else {}
+        waiting = sum(q for q, _ in sizes.values())
+        due = sum(broker.redis.zcount(broker.delayed_key(q), "-inf", time.time()) for q in queues)
+        inflight = broker.redis.hlen(broker.inflight_key)
+        calm = calm + 1 if not (waiting or due or inflight) else 0
+        if calm >= 3:
+            return
+        time.sleep(poll)
+    raise AssertionError(f"queues not idle after {timeout} s: waiting={waiting} due={due} inflight={inflight}")
+
+
+@pytest.fixture
+def mrq_worker(mrq_urls: ServerURLs, mrq_config: Any, request: pytest.FixtureRequest) -> Iterator[WorkerProcess]:
+    """A :class:`WorkerProcess` (not started) run from the pytest root folder; killed after the test."""
+    worker = WorkerProcess(mrq_urls, str(request.config.rootpath))
+    try:
+        yield worker
+    finally:
+        worker.kill()
+
+
+@pytest.fixture
+def mrq_worker_factory(mrq_urls: ServerURLs, mrq_config: Any,
+                       request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Make several workers: ``mrq_worker_factory()`` returns a new :class:`WorkerProcess`."""
+    workers: list[WorkerProcess] = []
+
+    def make(env: dict[str, str] | None = None) -> WorkerProcess:
+        worker = WorkerProcess(mrq_urls, str(request.config.rootpath), env)
+        workers.append(worker)
+        return worker
+
+    try:
+        yield make
+    finally:
+        for w in workers:
+            w.kill()

@@ -86,7 +86,6 @@ class Worker:
     def work(self) -> int:
         """Run until stopped (signal, ``--max_jobs``, ``--max_time``, ``--max_memory``, burst end)."""
         context.set_current_worker(self)
-        self._main = gevent.getcurrent()
         logging.getLogger("mrq.current").addHandler(self.log_handler)
         try:
             ensure_indexes(self.db, self.logs_db, int(self.config.get("mongodb_logs_size", 0)))
@@ -105,11 +104,12 @@ class Worker:
                 self._spawn_service(getattr(func, "__name__", "service"), func, restart=True)
         self.log.info("Worker %s (%s) started: queues %s, %d greenlets", self.name, self.id,
                       " ".join(self.queues), self.greenlets)
-        try:
-            self._refresh_subqueues()
-            self._loop()
-        except StopRequested:
-            pass
+        self._refresh_subqueues()
+        self._main = gevent.spawn(self._loop)  # killed with StopRequested (a GreenletExit) to stop
+        self._main.join()
+        if self._main.exception is not None:
+            self.log.error("Worker loop crashed: %r", self._main.exception)
+            self.exitcode = 1
         self._stop()
         return self.exitcode
 
@@ -138,10 +138,7 @@ class Worker:
 
     def _stop(self) -> None:
         self.status = "join"
-        try:
-            self.pool.join()
-        except StopRequested:
-            self.pool.join()
+        self.pool.join()
         elapsed = time.monotonic() - self._started_at
         done = self.counters["done"]
         self.log.info("Worker spent %.1f s performing %d jobs (%.1f jobs/s)", elapsed, done,
@@ -208,7 +205,14 @@ class Worker:
                     self.log.info("--max_jobs %d reached", max_jobs)
                     break
             self.status = "spawn"
-            count = self._dequeue(free, strategy)
+            try:
+                count = self._dequeue(free, strategy)
+            except (gevent.GreenletExit, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # noqa: BLE001 - Redis or MongoDB down: wait and retry
+                self.log.warning("Dequeue failed (%s: %s); retrying in 1 s", type(exc).__name__, exc)
+                gevent.sleep(1)
+                continue
             if count:
                 continue
             if strategy == "burst":
@@ -218,7 +222,11 @@ class Worker:
                 self.broker.wait(self.active_queues, 0.1)  # running jobs may queue more
                 continue
             self.status = "wait"
-            self.broker.wait(self.active_queues, max_latency)
+            try:
+                self.broker.wait(self.active_queues, max_latency)
+            except Exception as exc:  # noqa: BLE001
+                self.log.warning("Waiting for jobs failed (%s: %s); retrying in 1 s", type(exc).__name__, exc)
+                gevent.sleep(1)
 
     def _wait_for_slots(self) -> int:
         if self.pool.free_count() == 0:

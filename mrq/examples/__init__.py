@@ -1,0 +1,1 @@
+"""Example tasks run by ``mrq-embedded`` (``mrq.examples.tasks.Add`` ...)."""
