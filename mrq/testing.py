@@ -350,13 +350,13 @@ class WorkerProcess:
             time.sleep(0.05)
         raise AssertionError(f"worker {self.pid} wrote no report within {timeout} s")
 
-    def wait_for_idle(self, timeout: float = 60) -> None:
+    def wait_for_idle(self, timeout: float = 60, delayed_within: float = 30) -> None:
         """Wait until every queue is empty (delayed jobs that are due included) and nothing is in flight.
 
         A job leaves the in-flight record only after its status is stored, so once
         this returns, every job that was queued has its final status in MongoDB.
         """
-        wait_for_idle(timeout=timeout)
+        wait_for_idle(timeout=timeout, delayed_within=delayed_within)
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 60) -> int:
         """Send ``sig`` and wait for the exit code (SIGKILL after ``timeout``)."""
@@ -378,8 +378,10 @@ class WorkerProcess:
             self.proc.wait()
 
 
-def wait_for_idle(timeout: float = 60, poll: float = 0.02) -> None:
-    """Wait until the queues of the current MRQ context are drained and no job is in flight."""
+def wait_for_idle(timeout: float = 60, poll: float = 0.02, delayed_within: float = 30) -> None:
+    """Wait until the queues of the current MRQ context are drained and no job is in flight.
+
+    Delayed jobs (and retries) due within ``delayed_within`` seconds count as waiting."""
     import time
 
     from mrq.context import get_broker
@@ -391,7 +393,8 @@ def wait_for_idle(timeout: float = 60, poll: float = 0.02) -> None:
         queues = broker.known_queues()
         sizes = broker.sizes(queues) if queues else {}
         waiting = sum(q for q, _ in sizes.values())
-        due = sum(broker.redis.zcount(broker.delayed_key(q), "-inf", time.time()) for q in queues)
+        due = sum(broker.redis.zcount(broker.delayed_key(q), "-inf", time.time() + delayed_within)
+                  for q in queues)
         inflight = broker.redis.hlen(broker.inflight_key)
         calm = calm + 1 if not (waiting or due or inflight) else 0
         if calm >= 3:

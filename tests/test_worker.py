@@ -75,3 +75,210 @@ def test_sigterm_interrupts_and_requeues(mrq_worker, mrq_config):
         assert Job(i).fetch().data["status"] == "interrupt"
     from mrq.queue import Queue
     assert Queue("default").size() == 2
+
+
+def test_retry_with_delay_comes_back_by_itself(mrq_worker):
+    mrq_worker.start("--greenlets", "2")
+    job_id = queue_job(T + "Retry", {"succeed_after": 2, "delay": 0.3})
+    mrq_worker.wait_for_idle()
+    data = Job(job_id).fetch().data
+    assert data["status"] == "success"
+    assert data["result"] == 2
+    assert data["retry_count"] == 2
+    assert [h["status"] for h in data["traceback_history"]] == ["retry", "retry"]
+
+
+def test_max_retries_and_retry_on_backoff(mrq_worker):
+    mrq_worker.start("--greenlets", "2")
+    maxed = queue_job(T + "Retry", {"delay": 0, "max_retries": 1})
+    auto = queue_job(T + "RetryOn", {})
+    mrq_worker.wait_for_idle()
+    data = Job(maxed).fetch().data
+    assert data["status"] == "maxretries"
+    assert data["retry_count"] == 1
+    data = Job(auto).fetch().data
+    assert data["status"] == "maxretries"
+    assert data["retry_count"] == 2
+    assert data["exceptiontype"] == "ConnectionError"
+    delays = [(h2["date"] - h1["date"]).total_seconds()
+              for h1, h2 in zip(data["traceback_history"], data["traceback_history"][1:], strict=False)]
+    assert len(delays) == 2
+    assert delays[1] >= 0.1  # second retry waited retry_delay * backoff (with jitter)
+
+
+def test_retry_on_another_queue(mrq_worker):
+    mrq_worker.start(queues=("default", "other"))
+    job_id = queue_job(T + "Retry", {"succeed_after": 1, "delay": 0, "queue": "other"})
+    mrq_worker.wait_for_idle()
+    data = Job(job_id).fetch().data
+    assert (data["status"], data["queue"]) == ("success", "other")
+
+
+def test_delayed_job(mrq_worker):
+    import time
+    mrq_worker.start()
+    start = time.time()
+    job_id = queue_job(T + "Add", {"a": 1, "b": 1}, delay=1.0)
+    assert Job(job_id).wait(timeout=10) == 2
+    data = Job(job_id).fetch().data
+    assert (data["datestarted"] - data["datequeued"]).total_seconds() >= 0.9
+    assert time.time() - start >= 1.0
+
+
+def test_timeout_kills_job_and_subpool(mrq_worker, mrq_config):
+    from mrq.config import get_config  # noqa: F401
+    mrq_worker.start("--greenlets", "3", env={"MRQ_DEFAULT_JOB_TIMEOUT": "0.5"})
+    slow = queue_job(T + "Sleep", {"t": 5})
+    swallow = queue_job(T + "SleepSwallowingTimeout", {"t": 5})
+    sub = queue_job(T + "SubPool", {"values": [1, 2, 3, 4], "t": 5, "pool_size": 2})
+    mrq_worker.wait_for_idle(timeout=15)
+    for job_id in (slow, swallow, sub):
+        data = Job(job_id).fetch().data
+        assert data["status"] == "timeout", data
+        assert data["totaltime"] < 3
+    report = mrq_worker.report()
+    assert report["jobs"] == []
+
+
+def test_abort_and_unserialisable_result(mrq_worker):
+    mrq_worker.start()
+    aborted = queue_job(T + "Abort", {})
+    bad = queue_job(T + "UnserialisableResult", {})
+    mrq_worker.wait_for_idle()
+    assert Job(aborted).fetch().data["status"] == "abort"
+    data = Job(bad).fetch().data
+    assert data["status"] == "failed"
+    assert "cannot be stored in MongoDB" in data["traceback"]
+
+
+def test_cancel_running_job_stops_it(mrq_worker):
+    import time
+    mrq_worker.start("--greenlets", "2")
+    running = queue_job(T + "Sleep", {"t": 30})
+    time.sleep(0.7)
+    assert Job(running).fetch().data["status"] == "started"
+    t0 = time.time()
+    assert Job(running).cancel() is True
+    mrq_worker.wait_for_idle(timeout=10)
+    assert time.time() - t0 < 3
+    data = Job(running).fetch().data
+    assert data["status"] == "cancel"
+    assert mrq_worker.report()["jobs"] == []
+    assert Job(running).cancel() is False  # already final
+
+
+def test_cancel_queued_job_never_runs(mrq_worker):
+    queued = queue_job(T + "Add", {"a": 1, "b": 2})
+    assert Job(queued).cancel() is True
+    mrq_worker.start()
+    mrq_worker.wait_for_idle()
+    data = Job(queued).fetch().data
+    assert data["status"] == "cancel"
+    assert "result" not in data
+    assert mrq_worker.stop() == 0
+    assert mrq_worker.report()["counters"].get("skipped") == 1
+
+
+def test_requeue_failed_job(mrq_worker):
+    mrq_worker.start()
+    job_id = queue_job(T + "Fail", {})
+    mrq_worker.wait_for_idle()
+    assert Job(job_id).fetch().data["status"] == "failed"
+    assert Job(job_id).requeue() is True
+    mrq_worker.wait_for_idle()
+    data = Job(job_id).fetch().data
+    assert data["status"] == "failed"
+    assert len(data["traceback_history"]) == 2
+
+
+def test_max_concurrency_semaphore(mrq_worker):
+    mrq_worker.start("--greenlets", "5")
+    ids = queue_jobs(T + "Concurrent", [{"t": 1}] * 4)
+    mrq_worker.wait_for_idle()
+    statuses = sorted(Job(i).fetch().data["status"] for i in ids)
+    assert statuses == ["maxconcurrency", "maxconcurrency", "success", "success"]
+    again = queue_jobs(T + "Concurrent", [{"t": 0.1}] * 2)  # slots were released
+    mrq_worker.wait_for_idle()
+    assert {Job(i).fetch().data["status"] for i in again} == {"success"}
+
+
+def test_progress_subpool_and_run_task(mrq_worker):
+    mrq_worker.start("--greenlets", "3")
+    prog = queue_job(T + "Progress", {"steps": 3, "save": True})
+    sub = queue_job(T + "SubPool", {"values": [1, 2, 3]})
+    nested = queue_job(T + "RunTask", {"a": 5})
+    ctx = queue_job(T + "GetContext", {})
+    mrq_worker.wait_for_idle()
+    assert Job(prog).fetch().data["progress"] == 1.0
+    assert Job(sub).fetch().data["result"] == [1, 4, 9]
+    assert "square 3" in job_logs(sub)
+    assert Job(nested).fetch().data["result"] == 6
+    result = Job(ctx).fetch().data["result"]
+    assert result["job_id"] == str(ctx)
+    assert result["greenlets"] == 3
+    assert result["worker_id"] == str(mrq_worker.report()["_id"])
+
+
+def test_queue_priority_pause_and_subqueues(mrq_worker):
+    from mrq.queue import Queue
+    low = queue_jobs(T + "Add", [{"a": 0, "b": i} for i in range(3)], queue="low")
+    high = queue_jobs(T + "Add", [{"a": 1, "b": i} for i in range(3)], queue="high")
+    sub = queue_job(T + "Add", {"a": 2, "b": 2}, queue="sub/one")
+    Queue("paused").pause()
+    paused = queue_job(T + "Add", {"a": 3, "b": 3}, queue="paused")
+    assert Queue("paused").is_paused()
+    mrq_worker.start("--greenlets", "1", queues=("high", "low", "sub/", "paused"))
+    import time
+    deadline = time.time() + 10
+    while time.time() < deadline and Job(sub).fetch().data["status"] != "success":
+        time.sleep(0.05)
+    starts = {i: Job(i).fetch().data["datestarted"] for i in high + low}
+    assert max(starts[i] for i in high) <= min(starts[i] for i in low)
+    assert Job(sub).fetch().data["status"] == "success"
+    assert Job(paused).fetch().data["status"] == "queued"
+    Queue("paused").resume()
+    assert Job(paused).wait(timeout=10) == 6
+
+
+def test_whitelist_pushes_back_other_tasks(mrq_worker):
+    mrq_worker.start("--task_whitelist", T + "add")
+    allowed = queue_job(T + "add", {"a": 1, "b": 1})
+    other = queue_job(T + "Add", {"a": 1, "b": 1})
+    assert Job(allowed).wait(timeout=10) == 2
+    assert Job(other).fetch().data["status"] == "queued"
+    mrq_worker.stop()
+
+
+def test_max_jobs_and_burst(mrq_worker):
+    ids = queue_jobs(T + "add", [{"a": i, "b": 0} for i in range(5)])
+    mrq_worker.start("--max_jobs", "3", wait=False)
+    assert mrq_worker.proc.wait(30) == 0
+    done = [Job(i).fetch().data["status"] for i in ids].count("success")
+    assert done == 3
+    mrq_worker.start("--dequeue_strategy", "burst", wait=False)
+    assert mrq_worker.proc.wait(30) == 0
+    assert {Job(i).fetch().data["status"] for i in ids} == {"success"}
+
+
+def test_sigkill_leaves_in_flight_record(mrq_worker, mrq_config):
+    import time
+
+    from mrq.context import get_broker
+    mrq_worker.start("--greenlets", "2")
+    job_id = queue_job(T + "Sleep", {"t": 30})
+    time.sleep(0.8)
+    worker_id = str(mrq_worker.report()["_id"])
+    mrq_worker.kill()
+    broker = get_broker()
+    records = broker.inflight()
+    assert [(r.job_id, r.worker_id, r.queue) for r in records] == [(str(job_id), worker_id, "default")]
+    time.sleep(2.5)  # heartbeat TTL of the test workers is 2 s
+    assert broker.alive([worker_id]) == {worker_id: False}
+    assert broker.requeue_inflight(records) == [str(job_id)]
+    mrq_worker.start("--greenlets", "2")
+    job = Job(job_id)
+    deadline = time.time() + 10
+    while time.time() < deadline and str(job.fetch().data["worker"]) == worker_id:
+        time.sleep(0.05)
+    assert job.data["status"] == "started"
+    assert str(job.data["worker"]) != worker_id
