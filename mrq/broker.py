@@ -127,6 +127,12 @@ class AckBatch:
     def __bool__(self) -> bool:
         return bool(self.done or self.delayed or self.requeue or self.release)
 
+    def extend(self, other: AckBatch) -> None:
+        self.done += other.done
+        self.delayed += other.delayed
+        self.requeue += other.requeue
+        self.release += other.release
+
 
 class Broker:
     """MRQ's Redis operations for one client and key prefix."""

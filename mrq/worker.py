@@ -147,6 +147,7 @@ class Worker:
             self.plugins.hook.mrq_worker_stop(worker=self)
         except Exception:
             self.log.exception("A plugin failed in mrq_worker_stop")
+        self.writer.close()
         if not self.writer.flush(timeout=60):
             self.log.error("Some status writes could not be stored; their jobs stay in flight and will be "
                            "requeued")

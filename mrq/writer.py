@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import gevent
+import gevent.event
+import gevent.lock
 from bson import ObjectId
 from pymongo import UpdateOne
 
@@ -34,7 +36,6 @@ class _Pending:
     allowed: frozenset[str]
     set: dict[str, Any] = field(default_factory=dict)
     push: list[dict[str, Any]] = field(default_factory=list)
-    ack: bool = False
 
 
 class StatusWriter:
@@ -49,14 +50,19 @@ class StatusWriter:
         self.max_batch = max_batch
         self.on_written = on_written
         self._pending: dict[ObjectId, _Pending] = {}
-        self._ack = AckBatch()
+        self._ack = AckBatch()       # Redis changes of the statuses in _pending
+        self._unacked = AckBatch()   # Redis changes of statuses already stored
         self._wakeup = gevent.event.Event()
+        self._lock = gevent.lock.RLock()  # one flush at a time; never kill the loop mid-write
+        self._in_progress = 0
+        self._closed = False
         self.written = 0
         self.refused = 0
         self.errors = 0
 
     def __len__(self) -> int:
-        return len(self._pending) + (1 if self._ack else 0)
+        """Changes not yet stored (pending, or being written right now)."""
+        return len(self._pending) + bool(self._ack) + bool(self._unacked) + self._in_progress
 
     def started(self, job_id: ObjectId, fields: dict[str, Any]) -> None:
         """Record that a job started (written with the next flush, merged with its end if it is quick)."""
@@ -69,7 +75,6 @@ class StatusWriter:
         pending.set.update(outcome.set)
         if outcome.push_history:
             pending.push.append(outcome.push_history)
-        pending.ack = True
         sid = str(job_id)
         self._ack.done.append(sid)
         if outcome.delayed:
@@ -88,22 +93,41 @@ class StatusWriter:
             self._ack.release.append((release, job_id))
 
     def run(self) -> None:
-        """The flush loop (a greenlet of the worker)."""
-        while True:
+        """The flush loop (a greenlet of the worker); ends after :meth:`close`."""
+        while not self._closed:
             self._wakeup.wait(self.interval)
             self._wakeup.clear()
-            self.flush_once()
+            with self._lock:
+                if not self._closed:
+                    self.flush_once()
+
+    def close(self) -> None:
+        """Stop the flush loop, once it is not writing (then :meth:`flush` what is left)."""
+        with self._lock:
+            self._closed = True
+        self._wakeup.set()
 
     def flush_once(self) -> bool:
         """Write what is pending; return False (keeping it) if a server did not answer."""
-        if self._pending:
-            pending, self._pending = self._pending, {}
+        with self._lock:
+            self._in_progress = len(self._pending) + bool(self._ack)
+            try:
+                return self._flush_once()
+            finally:
+                self._in_progress = 0
+
+    def _flush_once(self) -> bool:
+        # Take the statuses and the acknowledgements that go with them together: a job
+        # that ends while this batch is being written is acknowledged only with its own write.
+        pending, self._pending = self._pending, {}
+        ack, self._ack = self._ack, AckBatch()
+        if pending:
             ops = []
             for job_id, p in pending.items():
                 update: dict[str, Any] = {"$set": p.set}
                 if p.push:
                     update["$push"] = {"traceback_history": {"$each": p.push}}
-                if "status" in p.set and p.set["status"] == st.STARTED:
+                if p.set.get("status") == st.STARTED:
                     update["$unset"] = {"datedue": ""}
                 ops.append(UpdateOne({"_id": job_id, "status": {"$in": sorted(p.allowed)}}, update))
             try:
@@ -116,8 +140,9 @@ class StatusWriter:
                     if newer is not None:
                         p.set.update(newer.set)
                         p.push.extend(newer.push)
-                        p.ack = p.ack or newer.ack
                     self._pending[job_id] = p
+                ack.extend(self._ack)
+                self._ack = ack
                 gevent.sleep(min(1.0, self.interval * 2))
                 return False
             self.written += len(ops)
@@ -126,20 +151,17 @@ class StatusWriter:
                 written = self._keep_applied(written)
             if self.on_written:
                 self.on_written(written)
-        if self._ack:
-            ack, self._ack = self._ack, AckBatch()
+        self._unacked.extend(ack)
+        if self._unacked:
             try:
-                self.broker.ack(ack)
-            except Exception as exc:  # noqa: BLE001
+                self.broker.ack(self._unacked)
+            except Exception as exc:  # noqa: BLE001 - statuses are stored; only the Redis part is retried
                 self.errors += 1
                 log.warning("Acknowledging %d jobs in Redis failed (%s: %s); retrying",
-                            len(ack.done), type(exc).__name__, exc)
-                self._ack.done[:0] = ack.done
-                self._ack.delayed[:0] = ack.delayed
-                self._ack.requeue[:0] = ack.requeue
-                self._ack.release[:0] = ack.release
+                            len(self._unacked.done), type(exc).__name__, exc)
                 gevent.sleep(min(1.0, self.interval * 2))
                 return False
+            self._unacked = AckBatch()
         return True
 
     def _keep_applied(self, written: list[tuple[ObjectId, str, dict[str, Any]]]) -> list[Any]:
