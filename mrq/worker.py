@@ -72,6 +72,7 @@ class Worker:
         self._services: list[gevent.Greenlet] = []
         self._settings: dict[str, TaskSettings] = {}
         self._rotation = 0
+        self._popped: set[str] = set()
         self.plugins = config.plugin_manager  # type: ignore[attr-defined]
         self.broker = context.get_broker()
         self.db = context.connections.mongodb_jobs
@@ -174,6 +175,20 @@ class Worker:
         except Exception:
             self.log.exception("Could not requeue leftover in-flight jobs (the cleaning plugin will)")
 
+    def _requeue_orphans(self, older_than: float = 60.0) -> None:
+        """Requeue ids recorded in flight on this worker that it does not know (a dequeue whose reply was
+        lost and retried by the Redis client): without this they would wait for this worker to stop."""
+        try:
+            known = {str(i) for i in self.jobs} | self.writer.tracked_ids() | self._popped
+            cutoff = time.time() - older_than
+            orphans = [r for r in self.broker.inflight(str(self.id)) if r.job_id not in known and r.since < cutoff]
+            if orphans:
+                ids = self.broker.requeue_inflight(orphans, str(self.id))
+                self.counters["orphans_requeued"] += len(ids)
+                self.log.warning("Requeued %d job(s) dequeued by this worker but never run: %s", len(ids), ids)
+        except Exception as exc:  # noqa: BLE001
+            self.log.warning("Orphan check failed: %s: %s", type(exc).__name__, exc)
+
     def _spawn_service(self, name: str, func: Callable[[], Any], restart: bool = False) -> None:
         def run() -> None:
             while True:
@@ -251,6 +266,7 @@ class Worker:
         if not popped:
             return 0
         self.counters["dequeued"] += len(popped)
+        self._popped = {i for _, i in popped}  # not orphans, while their documents are fetched
         docs = self._fetch([ObjectId(i) for _, i in popped])
         jobs: list[Job] = []
         now = utcnow()
@@ -289,6 +305,7 @@ class Worker:
                                          "worker": self.id})
             self.jobs[job.id] = job
             self.pool.spawn(self._perform, job, settings)
+        self._popped = set()
         return len(popped)
 
     def _push_back(self, doc: dict[str, Any], queue: str) -> Outcome:
@@ -385,6 +402,7 @@ class Worker:
         max_memory = int(self.config.get("max_memory") or 0)
         while True:
             self._report()
+            self._requeue_orphans()
             if max_memory and self.memory_mb() > max_memory and not self._graceful:
                 self.log.warning("Memory %d MB above --max_memory %d MB: stopping", self.memory_mb(), max_memory)
                 self.stop(graceful=True)

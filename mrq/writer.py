@@ -86,6 +86,11 @@ class StatusWriter:
         if len(self._pending) >= self.max_batch:
             self._wakeup.set()
 
+    def tracked_ids(self) -> set[str]:
+        """Ids whose status or acknowledgement is not yet stored (they are still in flight in Redis)."""
+        with self._lock:  # not while a batch is out being written
+            return ({str(i) for i in self._pending} | set(self._ack.done) | set(self._unacked.done))
+
     def acknowledge(self, job_id: str, release: str | None = None) -> None:
         """Drop an in-flight record with no status write (a job that must not run, already ended)."""
         self._ack.done.append(job_id)

@@ -282,3 +282,19 @@ def test_sigkill_leaves_in_flight_record(mrq_worker, mrq_config):
         time.sleep(0.05)
     assert job.data["status"] == "started"
     assert str(job.data["worker"]) != worker_id
+
+
+def test_orphaned_in_flight_ids_are_requeued(mrq_worker, mrq_config):
+    import time
+
+    from mrq.context import get_broker
+    mrq_worker.start()
+    worker_id = str(mrq_worker.report()["_id"])
+    broker = get_broker()
+    job_id = queue_job(T + "Add", {"a": 2, "b": 2}, queue="elsewhere")  # a queue the worker does not listen to
+    # As if this worker had popped it and lost the reply: in flight on it, a minute ago, for queue default.
+    broker.redis.delete(broker.queue_key("elsewhere"))
+    broker.redis.hset(broker.inflight_key, str(job_id), f"{worker_id} {time.time() - 120} default")
+    assert Job(job_id).wait(timeout=10) == 4
+    assert mrq_worker.stop() == 0
+    assert mrq_worker.report()["counters"]["orphans_requeued"] == 1

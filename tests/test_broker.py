@@ -1,0 +1,122 @@
+"""The Redis side, script by script, against a real Redis."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from mrq.broker import AckBatch, Broker, InFlight
+
+
+@pytest.fixture
+def broker(mrq_urls):
+    client = redis.Redis.from_url(mrq_urls.redis)
+    yield Broker(client, "test")
+    client.close()
+
+
+def test_keys_share_one_cluster_slot(broker):
+    assert broker.queue_key("q") == "{test}:q:q"
+    assert broker.delayed_key("a/b") == "{test}:d:a/b"
+    assert broker.notify_keys("a/b") == ["{test}:n:a/b", "{test}:n:a/"]
+    assert broker.inflight_key.startswith("{test}:")
+
+
+def test_dequeue_pops_in_priority_order_and_records_in_flight(broker):
+    broker.push("low", ["l1", "l2"])
+    broker.push("high", ["h1"])
+    popped = broker.dequeue("w1", ["high", "low"], 2)
+    assert popped == [("high", "h1"), ("low", "l1")]
+    records = {r.job_id: r for r in broker.inflight()}
+    assert set(records) == {"h1", "l1"}
+    assert records["h1"].worker_id == "w1" and records["h1"].queue == "high"
+    assert abs(records["h1"].since - time.time()) < 5
+    assert broker.sizes(["low", "high"]) == {"low": (1, 0), "high": (0, 0)}
+    assert broker.known_queues() == ["high", "low"]
+
+
+def test_parallel_share(broker):
+    broker.push("a", ["a1", "a2", "a3"])
+    broker.push("b", ["b1", "b2", "b3"])
+    assert broker.dequeue("w", ["a", "b"], 4, per_queue=2) == [("a", "a1"), ("a", "a2"), ("b", "b1"), ("b", "b2")]
+
+
+def test_pause_queue_and_subqueues(broker):
+    broker.push("p", ["1"])
+    broker.push("root/sub", ["2"])
+    broker.pause("p")
+    broker.pause("root/")
+    assert broker.dequeue("w", ["p", "root/sub"], 10) == []
+    broker.resume("root/")
+    assert broker.dequeue("w", ["p", "root/sub"], 10) == [("root/sub", "2")]
+    assert broker.paused() == {"p"}
+
+
+def test_delayed_ids_are_promoted_by_the_dequeue(broker):
+    broker.push("q", ["later"], delay=0.3)
+    assert broker.dequeue("w", ["q"], 10) == []
+    assert broker.sizes(["q"]) == {"q": (0, 1)}
+    time.sleep(0.35)
+    assert broker.dequeue("w", ["q"], 10) == [("q", "later")]
+
+
+def test_ack_batch(broker):
+    broker.push("q", ["1", "2", "3", "4"])
+    broker.dequeue("w", ["q"], 4)
+    batch = AckBatch(done=["1", "2", "3"], delayed=[("q", "2", time.time() + 100)], requeue=[("q", "3")])
+    broker.ack(batch)
+    assert [r.job_id for r in broker.inflight()] == ["4"]
+    assert broker.list_ids("q") == ["3"]
+    assert broker.sizes(["q"]) == {"q": (1, 1)}
+
+
+def test_requeue_in_flight_only_for_the_expected_worker(broker):
+    broker.push("q", ["1", "2"])
+    broker.dequeue("w1", ["q"], 2)
+    recs = broker.inflight()
+    assert broker.requeue_inflight(recs, "other") == []
+    assert broker.requeue_inflight([r for r in recs if r.job_id == "2"], "w1") == ["2"]
+    assert broker.requeue_inflight([InFlight("1", "", 0, "q")]) == ["1"]
+    assert broker.list_ids("q") == ["1", "2"]
+    assert broker.inflight() == []
+
+
+def test_heartbeat_kill_requests_and_liveness(broker):
+    broker.push("q", ["job"])
+    broker.dequeue("w1", ["q"], 1)
+    assert broker.heartbeat("w1", ttl=0.3) == []
+    assert broker.alive(["w1", "w2"]) == {"w1": True, "w2": False}
+    assert broker.request_kill(["job", "unknown"]) == ["job"]
+    assert broker.heartbeat("w1", ttl=0.3) == ["job"]
+    assert broker.heartbeat("w1", ttl=0.3) == []
+    time.sleep(0.4)
+    assert broker.alive(["w1"]) == {"w1": False}
+
+
+def test_semaphore(broker):
+    assert broker.acquire("t", "a", 2, ttl=10)
+    assert broker.acquire("t", "b", 2, ttl=0.2)
+    assert broker.acquire("t", "a", 2, ttl=10)  # a holder asking again keeps its slot
+    assert not broker.acquire("t", "c", 2, ttl=10)
+    time.sleep(0.25)  # b's slot expired
+    assert broker.acquire("t", "c", 2, ttl=10)
+    broker.ack(AckBatch(release=[("t", "a")]))
+    assert broker.acquire("t", "d", 2, ttl=10)
+
+
+def test_wait_wakes_on_push(broker):
+    t0 = time.monotonic()
+    assert broker.wait(["q"], 0.2) is False
+    assert time.monotonic() - t0 >= 0.15
+    broker.push("q", ["1"])
+    assert broker.wait(["q"], 5) is True
+
+
+def test_remove_and_empty(broker):
+    broker.push("q", ["1", "2", "3"])
+    assert broker.remove("q", ["2"]) == 1
+    assert broker.list_ids("q") == ["1", "3"]
+    broker.empty("q")
+    assert broker.sizes(["q"]) == {"q": (0, 0)}
