@@ -45,6 +45,13 @@ def _load(command: str, argv: Sequence[str] | None, prog: str) -> Any:
     if config["quiet"]:
         logging.getLogger("mrq.current").propagate = False
     set_current_config(config)
+    from mrq.context import connections
+
+    try:  # validate the URIs now (clients connect lazily): a clear error, not a traceback later
+        connections.redis, connections.mongodb_jobs, connections.mongodb_logs  # noqa: B018
+    except MRQError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     return config
 
 

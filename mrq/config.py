@@ -189,7 +189,7 @@ class Config(dict):
     """The resolved configuration: a dict whose keys are also attributes (``config.greenlets``).
 
     ``config.sources`` maps each option name to where its value came from
-    (``default``, ``file``, ``env`` or ``cli``).
+    (``default``, ``file``, ``env``, ``cli``, or ``extra`` for ``setup_context(**kwargs)``).
     """
 
     sources: dict[str, str]
@@ -288,7 +288,9 @@ def get_config(command: str = COMMON, argv: Sequence[str] | None = None,
 
     plugin_opt = next(o for o in OPTIONS if o.name == "plugins")
     plugin_names = extra.get("plugins")
-    if plugin_names is None:
+    if plugin_names is not None:
+        plugin_names = plugin_opt.cast(plugin_names, "extra")  # setup_context(plugins="a,b")
+    else:
         raw = _first("plugins", pre_ns, env, file_values)
         plugin_names = plugin_opt.cast(raw, "plugins") if raw is not None else []
     pm = plugin_mod.PluginManager()
@@ -308,19 +310,19 @@ def get_config(command: str = COMMON, argv: Sequence[str] | None = None,
     known = {o.name: o for o in options}
     for opt in options:
         if opt.name in extra:
-            value, source = extra.pop(opt.name), "extra"
+            value, tag, source = extra.pop(opt.name), "extra", "extra"
         elif opt.name in ns and ns[opt.name] not in (None, []):
-            value, source = ns[opt.name], f"command line --{opt.name}"
+            value, tag, source = ns[opt.name], "cli", f"command line --{opt.name}"
         elif env.get(opt.env_var):
-            value, source = env[opt.env_var], f"environment variable {opt.env_var}"
+            value, tag, source = env[opt.env_var], "env", f"environment variable {opt.env_var}"
         elif opt.name in file_values:
-            value, source = file_values[opt.name], f"config file {path} ({opt.name.upper()})"
+            value, tag, source = file_values[opt.name], "file", f"config file {path} ({opt.name.upper()})"
         else:
             config[opt.name] = opt.default if not isinstance(opt.default, list) else list(opt.default)
             config.sources[opt.name] = "default"
             continue
         config[opt.name] = opt.cast(value, source)
-        config.sources[opt.name] = source.split(" ")[0] if source != "extra" else "extra"
+        config.sources[opt.name] = tag
     config.update(extra)
     config["plugins"] = list(plugin_names)
     config["tasks"] = _check_tasks(config.get("tasks"))

@@ -32,6 +32,8 @@ class JobLogHandler(logging.Handler):
         job = get_current_job()
         if job is None or job.id is None:
             return
+        if isinstance(record.msg, bytes):
+            record.msg = record.msg.decode("utf-8", "replace")
         try:
             line = self.format(record)
         except Exception:  # noqa: BLE001 - never let a log line break a job

@@ -58,6 +58,8 @@ class PluginManager:
         self._versions: dict[str, str] = {}
         from mrq.job import KernelHooks  # the kernel's own implementation of mrq_job_execute
         self.pm.register(KernelHooks(), name="mrq.kernel")
+        # Historic: every plugin registered from now on gets called, at its registration.
+        self.pm.hook.mrq_add_hookspecs.call_historic(kwargs={"plugin_manager": self.pm})
         if os.environ.get("MRQ_TRACE_PLUGINS"):
             self.pm.trace.root.setwriter(lambda msg: log.warning(msg.rstrip()))
             self.pm.enable_tracing()
@@ -88,23 +90,34 @@ class PluginManager:
                 except Exception as exc:
                     raise PluginError(f"Plugin {name!r} failed to import: {type(exc).__name__}: {exc}") from exc
                 self._versions[name] = _version_of(installed[name])
-            self.register(plugin, name)
+            self.register(plugin, name, check=False)
+        # Checked once all are registered: a plugin may implement a hook declared (mrq_add_hookspecs)
+        # by a plugin enabled after it.
+        self._check_pending()
 
-    def register(self, plugin: Any, name: str) -> None:
+    def register(self, plugin: Any, name: str, check: bool = True) -> None:
         """Register a plugin object (module, class or instance) under ``name``."""
         if inspect.isclass(plugin):
             plugin = plugin()
         try:
             self.pm.register(plugin, name=name)
-        except ValueError as exc:
+        except (ValueError, pluggy.PluginValidationError) as exc:
             raise PluginError(f"Plugin {name!r} could not be registered: {exc}") from exc
+        self.enabled.append(name)
+        if check:
+            self._check_pending()
+
+    def _check_pending(self) -> None:
+        """Unregister the plugins implementing a hook nobody declared, and raise PluginError."""
         try:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
-            self.pm.unregister(name=name)
+            name = self.pm.get_name(exc.plugin) or repr(exc.plugin)
+            self.pm.unregister(exc.plugin)
+            if name in self.enabled:
+                self.enabled.remove(name)
             raise PluginError(f"Plugin {name!r} implements a hook MRQ does not know: {exc}. "
                               "See docs/plugins.md for the list of hooks.") from exc
-        self.enabled.append(name)
 
     @staticmethod
     def _import_path(path: str) -> Any:

@@ -29,6 +29,7 @@ import gevent.event
 import gevent.lock
 import gevent.pool
 import psutil
+import pymongo.errors
 from bson import ObjectId
 
 from mrq import context
@@ -88,8 +89,14 @@ class Worker:
         """Run until stopped (signal, ``--max_jobs``, ``--max_time``, ``--max_memory``, burst end)."""
         context.set_current_worker(self)
         logging.getLogger("mrq.current").addHandler(self.log_handler)
+        while True:
+            try:
+                ensure_indexes(self.db, self.logs_db, int(self.config.get("mongodb_logs_size", 0)))
+                break
+            except pymongo.errors.ConnectionFailure as exc:
+                self.log.warning("MongoDB (%s) is not reachable: %s; retrying in 5 s", self.db.name, exc)
+                gevent.sleep(5)
         try:
-            ensure_indexes(self.db, self.logs_db, int(self.config.get("mongodb_logs_size", 0)))
             self.plugins.hook.mrq_worker_start(worker=self)
         except Exception as exc:
             self.log.error("Worker could not start: %s: %s", type(exc).__name__, exc)

@@ -1,0 +1,99 @@
+"""Enqueueing, reading and acting on jobs from a client process."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from bson import ObjectId
+
+from mrq.context import connections, get_broker
+from mrq.exceptions import InvalidParams, JobNotFound, MRQError
+from mrq.job import Job, get_job_result, queue_job, queue_jobs
+
+T = "tests.tasks.general."
+
+
+def test_queue_jobs_bulk(mrq_config):
+    ids = queue_jobs(T + "Add", [{"a": i, "b": i} for i in range(2500)], batch_size=1000)
+    assert len(ids) == 2500 and len(set(ids)) == 2500
+    assert get_broker().list_ids("default", 0, 2) == [str(i) for i in ids[:3]]
+    doc = connections.mongodb_jobs["mrq_jobs"].find_one({"_id": ids[0]})
+    assert doc["status"] == "queued" and doc["queue"] == "default" and doc["retry_count"] == 0
+    assert doc["dateexpires"] > datetime.datetime.utcnow() + datetime.timedelta(days=100)
+
+
+def test_queue_from_tasks_config(mrq_urls):
+    from mrq.context import setup_context
+    setup_context(redis=mrq_urls.redis, mongodb_jobs=mrq_urls.mongodb, tasks={T + "Add": {"queue": "adds"}})
+    try:
+        job_id = queue_job(T + "Add", {"a": 1, "b": 2})
+        assert Job(job_id).fetch().queue == "adds"
+        assert get_broker().list_ids("adds") == [str(job_id)]
+    finally:
+        connections.reset()
+
+
+@pytest.mark.parametrize("params, message", [
+    ([1, 2], "must be a dict"),
+    ({"when": object()}, "cannot be stored in MongoDB"),
+    ({1: "int key"}, "cannot be stored in MongoDB"),
+])
+def test_bad_params_are_refused_before_any_write(mrq_config, params, message):
+    with pytest.raises(InvalidParams, match=message):
+        queue_jobs(T + "Add", [{"a": 1, "b": 1}, params])
+    assert connections.mongodb_jobs["mrq_jobs"].count_documents({}) == 0
+    assert get_broker().known_queues() == []
+
+
+@pytest.mark.parametrize("path, queue", [("notdotted", None), (T + "Add", "has space"), (T + "Add", 5)])
+def test_bad_path_or_queue(mrq_config, path, queue):
+    with pytest.raises(InvalidParams):
+        queue_job(path, {}, queue=queue)
+
+
+def test_job_not_found(mrq_config):
+    with pytest.raises(JobNotFound, match="No job with id"):
+        Job(ObjectId()).fetch()
+    with pytest.raises(JobNotFound, match="not a job id"):
+        Job("nope")
+
+
+def test_wait_timeout_and_result(mrq_config):
+    job_id = queue_job(T + "Add", {"a": 1, "b": 2})
+    with pytest.raises(TimeoutError):
+        Job(job_id).wait(timeout=0.2, poll_interval=0.05)
+    assert get_job_result(job_id) == {"status": "queued", "result": None}
+
+
+def test_cancel_and_requeue_without_worker(mrq_config):
+    job_id = queue_job(T + "Add", {"a": 1, "b": 2})
+    job = Job(job_id)
+    assert job.requeue() is False  # already queued
+    assert job.cancel() is True
+    assert job.fetch().status == "cancel"
+    assert job.cancel() is False
+    assert job.requeue(queue="other") is True
+    assert job.fetch().data["queue"] == "other"
+    assert get_broker().list_ids("other") == [str(job_id)]
+
+
+def test_requeue_refused_while_running_on_live_worker(mrq_config):
+    broker = get_broker()
+    job_id = queue_job(T + "Add", {"a": 1, "b": 2})
+    broker.dequeue("w-live", ["default"], 1)
+    connections.mongodb_jobs["mrq_jobs"].update_one({"_id": job_id}, {"$set": {"status": "started"}})
+    broker.heartbeat("w-live", ttl=10)
+    with pytest.raises(MRQError, match="running on worker w-live"):
+        Job(job_id).requeue()
+    broker.forget_worker("w-live")  # the worker died: requeue takes the in-flight record back
+    assert Job(job_id).requeue() is True
+    assert broker.inflight() == []
+    assert broker.list_ids("default") == [str(job_id)]
+
+
+def test_delay_sets_datedue(mrq_config):
+    job_id = queue_job(T + "Add", {"a": 1, "b": 2}, delay=60)
+    data = Job(job_id).fetch().data
+    assert 59 < (data["datedue"] - data["datequeued"]).total_seconds() <= 60
+    assert get_broker().sizes(["default"]) == {"default": (0, 1)}
