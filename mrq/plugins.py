@@ -15,7 +15,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import pluggy
-import stevedore
 
 from mrq import hookspecs
 from mrq.exceptions import PluginError
@@ -27,13 +26,16 @@ log = logging.getLogger("mrq.plugins")
 
 
 def installed_plugins() -> dict[str, Any]:
-    """Entry points of group ``mrq.plugins``, by name (nothing is imported)."""
-    mgr = stevedore.ExtensionManager(ENTRY_POINT_GROUP, invoke_on_load=False, propagate_map_exceptions=True,
-                                     on_load_failure_callback=None, verify_requirements=False)
-    found = {ext.name: ext.entry_point for ext in mgr.extensions}
-    # stevedore only lists entry points it could load; list the others too so that
-    # `--list-plugins` shows a plugin that fails to import.
+    """Entry points of group ``mrq.plugins``, by name (nothing is imported).
+
+    Read with ``importlib.metadata`` on each call, which is what stevedore reads too: a
+    ``stevedore.ExtensionManager`` would import every plugin just to list it, cache the list for the
+    whole process (a plugin installed meanwhile stays invisible) and return entry points without their
+    distribution (so without a version).
+    """
     from importlib.metadata import entry_points
+
+    found: dict[str, Any] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         found.setdefault(ep.name, ep)
     return found

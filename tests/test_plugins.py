@@ -1,0 +1,453 @@
+"""Plugins: discovery, enabling, errors, listing, options, and every hook end to end.
+
+``tests/plugins/recorder.py`` implements every hook and records each call as a JSON line in the file named
+by ``MRQ_RECORDER_FILE``; the end-to-end tests run it in a real worker and check the recorded sequence.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mrq import hookspecs
+from mrq.config import Option, get_config
+from mrq.exceptions import ConfigError, PluginError
+from mrq.hookspecs import hookimpl
+from mrq.plugins import ENTRY_POINT_GROUP, PluginManager, installed_plugins
+from tests.plugins import recorder
+from tests.plugins.recorder import read_records
+
+ROOT = Path(__file__).resolve().parent.parent
+T = "tests.tasks.general."
+RECORDER = "tests.plugins.recorder"
+
+#: Every hook of mrq/hookspecs.py, by phase (tests/test_hookspecs.py checks this list is complete).
+ALL_HOOKS = [
+    "mrq_add_hookspecs", "mrq_add_options", "mrq_configure",
+    "mrq_jobs_enqueued",
+    "mrq_worker_start", "mrq_worker_services", "mrq_worker_report", "mrq_worker_stop",
+    "mrq_jobs_dequeued", "mrq_job_execute", "mrq_job_finished", "mrq_job_status_changed",
+]
+
+
+def cfg(*argv: str, env: dict[str, str] | None = None, command: str = "worker", **kwargs: Any):
+    return get_config(command, argv=list(argv), env=env or {}, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def _empty_cwd(tmp_path, monkeypatch):
+    """No ./mrq-config.py of the repository or elsewhere is read by accident."""
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def dist_dir(tmp_path, monkeypatch) -> Path:
+    """An installed distribution 'mrq-test-plugins' 1.2.3 with entry points 'recorder' and 'broken'.
+
+    importlib.metadata reads ``entry_points.txt`` from ``*.dist-info`` folders on sys.path.
+    """
+    root = tmp_path / "site"
+    info = root / "mrq_test_plugins-1.2.3.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mrq-test-plugins\nVersion: 1.2.3\n")
+    (info / "entry_points.txt").write_text(
+        f"[{ENTRY_POINT_GROUP}]\nrecorder = {RECORDER}\nbroken = tests.plugins.does_not_exist\n"
+        "[console_scripts]\nnot-a-plugin = tests.plugins.recorder:record\n")
+    monkeypatch.syspath_prepend(str(root))
+    return root
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, pythonpath: list[str] | None = None):
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MRQ_")}
+    full_env["PYTHONPATH"] = os.pathsep.join([*(pythonpath or []), str(ROOT)])
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "mrq.cli", *args], capture_output=True, text=True,
+                          env=full_env, cwd=ROOT, timeout=60)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Enabling
+# ---------------------------------------------------------------------------------------------------
+
+def test_recorder_implements_every_hook():
+    specs = sorted(n for n, _ in inspect.getmembers(hookspecs, inspect.isfunction) if n.startswith("mrq_"))
+    assert sorted(ALL_HOOKS) == specs
+    pm = cfg("--plugins", RECORDER).plugin_manager
+    assert pm.describe() == [{"name": RECORDER, "version": "", "source": RECORDER, "enabled": True,
+                              "hooks": sorted(ALL_HOOKS)}]
+
+
+def test_enable_by_dotted_path():
+    config = cfg("--plugins", RECORDER)
+    pm = config.plugin_manager
+    assert pm.enabled == [RECORDER]
+    assert config.plugins == [RECORDER]
+    assert pm.pm.get_plugin(RECORDER) is recorder
+    assert config.recorder_flag is False  # its option joined the table
+
+
+def test_enable_object_by_module_colon_attribute():
+    pm = cfg("--plugins", "tests.plugins.recorder:RecorderSpecs").plugin_manager
+    assert pm.enabled == ["tests.plugins.recorder:RecorderSpecs"]  # a class is instantiated; no hooks
+
+
+def test_no_plugin_by_default():
+    config = cfg()
+    assert config.plugins == [] and config.plugin_manager.enabled == []
+    assert "recorder_flag" not in config
+
+
+def test_enable_by_entry_point_name(dist_dir):
+    assert set(installed_plugins()) == {"recorder", "broken"}
+    config = cfg("--plugins", "recorder")
+    pm = config.plugin_manager
+    assert pm.enabled == ["recorder"]
+    assert pm.pm.get_plugin("recorder") is recorder
+    rows = {r["name"]: r for r in pm.describe()}
+    assert rows["recorder"] == {"name": "recorder", "version": "1.2.3", "enabled": True,
+                                "hooks": sorted(ALL_HOOKS), "source": RECORDER}
+    assert rows["broken"] == {"name": "broken", "version": "1.2.3", "enabled": False, "hooks": [],
+                              "source": "tests.plugins.does_not_exist"}
+
+
+def test_listing_imports_nothing(dist_dir, monkeypatch):
+    monkeypatch.delitem(sys.modules, RECORDER)
+    rows = PluginManager().describe()
+    assert [r["name"] for r in rows] == ["broken", "recorder"]
+    assert RECORDER not in sys.modules
+
+
+def test_enable_by_entry_point_name_with_monkeypatched_listing(monkeypatch):
+    class FakeEntryPoint:
+        value = RECORDER
+        dist = type("Dist", (), {"version": "9.9"})()
+
+        def load(self) -> Any:
+            return recorder
+
+    monkeypatch.setattr("mrq.plugins.installed_plugins", lambda: {"rec": FakeEntryPoint()})
+    pm = cfg("--plugins", "rec").plugin_manager
+    assert pm.describe()[0] | {"hooks": []} == {"name": "rec", "version": "9.9", "enabled": True, "hooks": [],
+                                                "source": RECORDER}
+
+
+def test_unknown_name_lists_installed_plugins(dist_dir):
+    with pytest.raises(PluginError) as info:
+        cfg("--plugins", "nope")
+    message = str(info.value)
+    assert "Unknown plugin 'nope'" in message
+    assert "Installed plugins: broken, recorder." in message
+    assert "not-a-plugin" not in message
+
+
+def test_unknown_name_with_nothing_installed():
+    with pytest.raises(PluginError, match="Unknown plugin 'nope'. Installed plugins: none."):
+        cfg("--plugins", "nope")
+
+
+def test_entry_point_that_fails_to_import(dist_dir):
+    with pytest.raises(PluginError, match="Plugin 'broken' failed to import: ModuleNotFoundError"):
+        cfg("--plugins", "broken")
+
+
+def test_dotted_path_that_does_not_import():
+    with pytest.raises(PluginError, match=r"Plugin 'tests.plugins.nope' could not be imported"):
+        cfg("--plugins", "tests.plugins.nope")
+
+
+def test_plugin_implementing_unknown_hook():
+    with pytest.raises(PluginError) as info:
+        cfg("--plugins", "tests.plugins.unknown_hook")
+    assert "implements a hook MRQ does not know" in str(info.value)
+    assert "mrq_no_such_hook" in str(info.value)
+
+
+def test_unknown_hook_leaves_the_manager_clean():
+    pm = PluginManager()
+    pm.enable([RECORDER])
+    with pytest.raises(PluginError):
+        pm.enable(["tests.plugins.unknown_hook"])
+    assert pm.enabled == [RECORDER]
+    assert pm.pm.get_plugin("tests.plugins.unknown_hook") is None
+    pm.pm.check_pending()  # nothing left pending
+
+
+def test_plugin_with_wrong_hook_arguments():
+    with pytest.raises(PluginError, match="(?s)'tests.plugins.bad_args' could not be registered.*colour"):
+        cfg("--plugins", "tests.plugins.bad_args")
+
+
+def test_enabling_twice_is_a_no_op():
+    config = cfg("--plugins", f"{RECORDER},{RECORDER}")
+    assert config.plugin_manager.enabled == [RECORDER]
+
+
+def test_plugins_from_env_file_and_setup_context(tmp_path):
+    assert cfg(env={"MRQ_PLUGINS": RECORDER}).plugin_manager.enabled == [RECORDER]
+    assert cfg(env={"MRQ_PLUGINS": f"{RECORDER} tests.plugins.listener"}).plugins == \
+        [RECORDER, "tests.plugins.listener"]
+    path = tmp_path / "conf.py"
+    path.write_text(f"PLUGINS = [{RECORDER!r}]\n")
+    config = cfg("-c", str(path))
+    assert config.plugin_manager.enabled == [RECORDER] and config.sources["plugins"] == "file"
+    (tmp_path / "mrq-config.py").write_text(f"PLUGINS = {RECORDER!r}\n")  # a string works too
+    assert cfg().plugin_manager.enabled == [RECORDER]
+    # The command line wins over the env var, which wins over the file.
+    config = cfg("--plugins", "tests.plugins.strict", env={"MRQ_PLUGINS": "nope"})
+    assert config.plugins == ["tests.plugins.strict"]
+    config = get_config("common", argv=None, env={}, extra={"plugins": f"{RECORDER},tests.plugins.listener"})
+    assert config.plugin_manager.enabled == [RECORDER, "tests.plugins.listener"]
+
+
+def test_plugin_options_from_cli_env_and_file(tmp_path):
+    config = cfg("--plugins", RECORDER, "--recorder_flag")
+    assert (config.recorder_flag, config.sources["recorder_flag"]) == (True, "cli")
+    config = cfg(env={"MRQ_PLUGINS": RECORDER, "MRQ_RECORDER_FLAG": "yes"})
+    assert (config.recorder_flag, config.sources["recorder_flag"]) == (True, "env")
+    path = tmp_path / "c.py"
+    path.write_text(f"PLUGINS = [{RECORDER!r}]\nRECORDER_FLAG = True\n")
+    config = cfg("-c", str(path))
+    assert (config.recorder_flag, config.sources["recorder_flag"]) == (True, "file")
+    config = cfg("-c", str(path), "--no-recorder_flag", env={"MRQ_RECORDER_FLAG": "1"})
+    assert (config.recorder_flag, config.sources["recorder_flag"]) == (False, "cli")
+    with pytest.raises(ConfigError, match="'recorder_flag' from environment variable MRQ_RECORDER_FLAG"):
+        cfg("--plugins", RECORDER, env={"MRQ_RECORDER_FLAG": "maybe"})
+
+
+def test_plugin_option_needs_the_plugin():
+    with pytest.raises(SystemExit):
+        cfg("--recorder_flag")
+    assert "recorder_flag" not in cfg(env={"MRQ_RECORDER_FLAG": "1"})
+
+
+def test_plugin_option_name_clash():
+    class Clash:
+        @hookimpl
+        def mrq_add_options(self) -> list[Option]:
+            return [Option("greenlets", int, 1, "taken")]
+
+    pm = PluginManager()
+    pm.register(Clash(), "clash")
+    with pytest.raises(PluginError, match="Option 'greenlets' added by a plugin is already defined"):
+        pm.plugin_options()
+
+
+def test_mrq_configure_may_complete_or_refuse_the_config():
+    assert cfg("--plugins", "tests.plugins.strict")["strict_checked"] is True
+    with pytest.raises(ConfigError, match="greenlets must be at most 100"):
+        cfg("--plugins", "tests.plugins.strict", "--greenlets", "500")
+    proc = run_cli("worker", "--plugins", "tests.plugins.strict", "--greenlets", "500")
+    assert proc.returncode == 2
+    assert "mrq-worker: error: strict plugin: greenlets must be at most 100" in proc.stderr
+
+
+def test_hook_mrq_add_hookspecs_declares_hooks_of_a_plugin():
+    # The listener implements the recorder's own hook: it may be enabled before the recorder declares it.
+    for order in ([RECORDER, "tests.plugins.listener"], ["tests.plugins.listener", RECORDER]):
+        pm = cfg("--plugins", ",".join(order)).plugin_manager
+        assert pm.hook.mrq_recorder_event(name="x", data={"n": 1}) == [{"heard": "x", "n": 1}]
+    with pytest.raises(PluginError, match="mrq_recorder_event"):
+        cfg("--plugins", "tests.plugins.listener")  # nobody declares it
+
+
+def test_hook_mrq_add_hookspecs_is_historic(tmp_path, monkeypatch):
+    monkeypatch.setenv("MRQ_RECORDER_FILE", str(tmp_path / "rec.jsonl"))
+    pm = PluginManager()
+    pm.register(recorder, "late")  # registered after the manager was built: still called
+    assert [r["hook"] for r in read_records(tmp_path / "rec.jsonl")] == ["mrq_add_hookspecs"]
+    assert pm.hook.mrq_recorder_event(name="a", data={}) == []
+
+
+def test_configuration_hooks_are_called_in_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("MRQ_RECORDER_FILE", str(tmp_path / "rec.jsonl"))
+    cfg("--plugins", RECORDER, "--recorder_flag")
+    records = read_records(tmp_path / "rec.jsonl")
+    assert [r["hook"] for r in records] == ["mrq_add_hookspecs", "mrq_add_options", "mrq_configure"]
+    assert records[-1] | {"pid": 0} == {"hook": "mrq_configure", "pid": 0, "command": "worker",
+                                        "recorder_flag": True, "source": "cli"}
+
+
+def test_trace_plugins(monkeypatch, caplog):
+    monkeypatch.setenv("MRQ_TRACE_PLUGINS", "1")
+    with caplog.at_level(logging.WARNING, logger="mrq.plugins"):
+        cfg("--plugins", RECORDER)
+    traced = "\n".join(r.getMessage() for r in caplog.records if r.name == "mrq.plugins")
+    assert "mrq_configure" in traced and "mrq_add_options" in traced
+
+
+def test_no_trace_by_default(monkeypatch, caplog):
+    monkeypatch.delenv("MRQ_TRACE_PLUGINS", raising=False)
+    with caplog.at_level(logging.DEBUG, logger="mrq.plugins"):
+        cfg("--plugins", RECORDER)
+    assert not [r for r in caplog.records if r.name == "mrq.plugins"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Listing from the command line
+# ---------------------------------------------------------------------------------------------------
+
+def test_cli_list_plugins(dist_dir):
+    proc = run_cli("worker", "--plugins", "recorder", "--list-plugins", pythonpath=[str(dist_dir)])
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "broken 1.2.3 [disabled] (tests.plugins.does_not_exist)"
+    assert lines[1] == f"recorder 1.2.3 [enabled] ({RECORDER})"
+    assert lines[2] == "    hooks: " + ", ".join(sorted(ALL_HOOKS))
+    assert len(lines) == 3
+
+
+def test_cli_plugins_command(dist_dir):
+    proc = run_cli("plugins", pythonpath=[str(dist_dir)])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["broken 1.2.3 [disabled] (tests.plugins.does_not_exist)",
+                                        f"recorder 1.2.3 [disabled] ({RECORDER})"]
+    proc = run_cli("plugins", env={"MRQ_PLUGINS": RECORDER})
+    assert proc.stdout.splitlines()[0] == f"{RECORDER} - [enabled] ({RECORDER})"
+
+
+def test_cli_no_plugins_installed():
+    proc = run_cli("plugins")
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == "No MRQ plugins installed (entry-point group 'mrq.plugins')."
+
+
+def test_cli_unknown_plugin_exits_2(dist_dir):
+    proc = run_cli("worker", "--plugins", "nope", pythonpath=[str(dist_dir)])
+    assert proc.returncode == 2
+    assert "mrq-worker: error: Unknown plugin 'nope'. Installed plugins: broken, recorder." in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------------
+# Every hook, end to end in a real worker
+# ---------------------------------------------------------------------------------------------------
+
+def by_hook(records: list[dict[str, Any]], hook: str, **match: Any) -> list[dict[str, Any]]:
+    return [r for r in records if r["hook"] == hook and all(r.get(k) == v for k, v in match.items())]
+
+
+def index(records: list[dict[str, Any]], hook: str, **match: Any) -> int:
+    for i, r in enumerate(records):
+        if r["hook"] == hook and all(r.get(k) == v for k, v in match.items()):
+            return i
+    raise AssertionError(f"no {hook} {match} in {[r['hook'] for r in records]}")
+
+
+@pytest.fixture
+def recorded_run(mrq_worker, mrq_config, tmp_path, monkeypatch):
+    """Run success, failure and retry jobs in a worker with the recorder; return everything recorded."""
+    from mrq.context import get_plugin_manager
+    from mrq.job import Job, queue_job
+
+    here, there = tmp_path / "test-process.jsonl", tmp_path / "worker.jsonl"
+    monkeypatch.setenv("MRQ_RECORDER_FILE", str(here))
+    get_plugin_manager().register(recorder, "recorder")  # this process: enqueue, cancel, requeue
+
+    cancelled = queue_job(T + "Add", {"a": 0, "b": 0})
+    assert Job(cancelled).cancel()
+    mrq_worker.start("--plugins", RECORDER, "--recorder_flag", "--greenlets", "2",
+                     env={"MRQ_RECORDER_FILE": str(there)})
+    ids = {"ok": queue_job(T + "Add", {"a": 41, "b": 1}),
+           "fail": queue_job(T + "Fail", {"message": "kaput"}),
+           "retry": queue_job(T + "Retry", {"succeed_after": 1, "delay": 0}),
+           "cancelled": cancelled}
+    mrq_worker.wait_for_idle()
+    assert Job(ids["fail"]).requeue()
+    mrq_worker.wait_for_idle()
+    assert mrq_worker.stop() == 0
+    docs = {k: Job(v).fetch().data for k, v in ids.items()}
+    return {"ids": {k: str(v) for k, v in ids.items()}, "docs": docs, "here": read_records(here),
+            "there": read_records(there), "report": mrq_worker.report(), "pid": mrq_worker.pid}
+
+
+def test_hooks_end_to_end(recorded_run):
+    ids, docs, here, there = (recorded_run[k] for k in ("ids", "docs", "here", "there"))
+    report = recorded_run["report"]
+    worker_id = str(report["_id"])
+    hooks = [r["hook"] for r in there]
+
+    assert {r["pid"] for r in there} == {recorded_run["pid"]}
+    # Every hook was called, in the worker or in this process.
+    assert set(ALL_HOOKS) <= set(hooks) | {r["hook"] for r in here}
+
+    # Configuration, then the worker lifecycle.
+    assert hooks[:3] == ["mrq_add_hookspecs", "mrq_add_options", "mrq_configure"]
+    assert there[2]["recorder_flag"] is True and there[2]["source"] == "cli"
+    start = index(there, "mrq_worker_start")
+    assert there[start]["worker"] == worker_id and there[start]["greenlets"] == 2
+    assert there[start]["recorder_flag"] is True and there[start]["queues"] == ["default"]
+    assert index(there, "mrq_worker_services") == start + 1
+    assert index(there, "service_ran") > start
+    assert hooks.count("service_ran") == 1 and hooks.count("mrq_worker_start") == 1
+    stop = index(there, "mrq_worker_stop")
+    assert hooks.count("mrq_worker_stop") == 1
+    job_hooks = {"mrq_jobs_dequeued", "mrq_job_execute", "mrq_job_finished", "mrq_job_status_changed"}
+    assert all(start < i < stop for i, h in enumerate(hooks) if h in job_hooks)
+    assert there[-1]["hook"] == "mrq_worker_report" and there[-1]["status"] == "stop"  # the final report
+    assert report["recorder"]["flag"] is True and report["recorder"]["calls"] > 0
+
+    # Each job: dequeued, execute before/after (in order), finished, then its status written.
+    dequeued = [j["id"] for r in by_hook(there, "mrq_jobs_dequeued") for j in r["jobs"]]
+    assert sorted(dequeued) == sorted([ids["ok"], ids["fail"], ids["fail"], ids["retry"], ids["retry"]])
+    for name, runs in (("ok", [("success", None)]), ("fail", [("failed", "ValueError")] * 2),
+                       ("retry", [("retry", "RetryInterrupt"), ("success", None)])):
+        job = ids[name]
+        assert [r["phase"] for r in by_hook(there, "mrq_job_execute", job=job)] == ["before", "after"] * len(runs)
+        assert [r["error"] for r in by_hook(there, "mrq_job_execute", job=job, phase="after")] == \
+            [error for _, error in runs]
+        assert [r["status"] for r in by_hook(there, "mrq_job_finished", job=job)] == [s for s, _ in runs]
+        assert [r["status"] for r in by_hook(there, "mrq_job_status_changed", job=job)] == [s for s, _ in runs]
+        assert by_hook(there, "mrq_job_finished", job=job)[0]["worker"] == worker_id
+        assert index(there, "mrq_jobs_dequeued") < index(there, "mrq_job_execute", job=job, phase="before") \
+            < index(there, "mrq_job_execute", job=job, phase="after") \
+            < index(there, "mrq_job_finished", job=job) < index(there, "mrq_job_status_changed", job=job)
+        assert docs[name]["recorder_seen"] is True  # job.store() from the wrapper
+    assert "result" in by_hook(there, "mrq_job_status_changed", job=ids["ok"])[0]["fields"]
+    assert "traceback" in by_hook(there, "mrq_job_status_changed", job=ids["fail"])[0]["fields"]
+    assert docs["ok"]["result"] == 42 and docs["fail"]["status"] == "failed"
+    assert docs["retry"]["status"] == "success"
+
+    # The cancelled job is skipped: not among the jobs handed to plugins, never executed.
+    assert not by_hook(there, "mrq_job_execute", job=ids["cancelled"])
+    assert docs["cancelled"]["status"] == "cancel" and "recorder_seen" not in docs["cancelled"]
+
+
+def test_hook_mrq_jobs_enqueued_and_status_changes_in_the_enqueuing_process(recorded_run):
+    ids, here = recorded_run["ids"], recorded_run["here"]
+    enqueued = by_hook(here, "mrq_jobs_enqueued")
+    assert [r["job_ids"] for r in enqueued] == [[ids[k]] for k in ("cancelled", "ok", "fail", "retry")]
+    assert {(r["queue"], r["delay"]) for r in enqueued} == {("default", 0.0)}
+    assert [r["path"] for r in enqueued] == [T + "Add", T + "Add", T + "Fail", T + "Retry"]
+    changed = by_hook(here, "mrq_job_status_changed")
+    assert [(r["job"], r["status"]) for r in changed] == [(ids["cancelled"], "cancel"), (ids["fail"], "queued")]
+    # Worker hooks never run in the enqueuing process.
+    assert {r["hook"] for r in here} <= {"mrq_add_hookspecs", "mrq_jobs_enqueued", "mrq_job_status_changed"}
+
+
+def test_hook_mrq_jobs_enqueued_batches(mrq_config, tmp_path, monkeypatch):
+    from mrq.context import setup_context
+    from mrq.job import queue_jobs
+
+    monkeypatch.setenv("MRQ_RECORDER_FILE", str(tmp_path / "rec.jsonl"))
+    setup_context(plugins=[RECORDER], redis=mrq_config.redis, mongodb_jobs=mrq_config.mongodb_jobs)
+    ids = queue_jobs(T + "Add", [{"a": i, "b": 0} for i in range(1500)], queue="batchq", delay=30)
+    enqueued = by_hook(read_records(tmp_path / "rec.jsonl"), "mrq_jobs_enqueued")
+    assert [len(r["job_ids"]) for r in enqueued] == [1000, 500]
+    assert [i for r in enqueued for i in r["job_ids"]] == [str(i) for i in ids]
+    assert {(r["queue"], r["delay"], r["path"]) for r in enqueued} == {("batchq", 30.0, T + "Add")}
+
+
+def test_hook_mrq_worker_start_failure_stops_the_worker(mrq_worker):
+    from mrq.job import Job, queue_job
+
+    job_id = queue_job(T + "Add", {"a": 1, "b": 1})
+    mrq_worker.start("--plugins", "tests.plugins.refuse_start", wait=False)
+    assert mrq_worker.proc.wait(30) == 1
+    assert Job(job_id).fetch().data["status"] == "queued"
