@@ -1,6 +1,6 @@
 """The hooks MRQ calls, grouped by lifecycle phase.
 
-A plugin implements any of them with ``@mrq.hookimpl``; arguments are passed by
+A plugin implements any of them with ``@mrq.hookspecs.hookimpl``; arguments are passed by
 keyword and an implementation may accept any subset of them. Unless a hook says
 otherwise, every implementation is called (newest registered first) and return
 values are ignored. ``docs/plugins.md`` documents each hook with an example.
