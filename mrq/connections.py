@@ -78,6 +78,9 @@ def make_redis(uri: str, option: str = "redis", max_connections: int = 1000) -> 
 
 def make_mongodb(uri: str, option: str = "mongodb_jobs") -> Database:
     """The database named by ``uri`` (default name ``mrq``), with command monitoring."""
+    if not isinstance(uri, str) or not uri.startswith(("mongodb://", "mongodb+srv://")):
+        raise ConnectionsError(f"--{option} {uri!r} is not a valid MongoDB URI; expected "
+                               "mongodb://host:port/database[?options] or mongodb+srv://...")
     try:
         client: pymongo.MongoClient = pymongo.MongoClient(
             uri, event_listeners=[_CommandCounter()], tz_aware=False, connect=False)
@@ -93,7 +96,7 @@ class Connections:
     """The connections of the current configuration, created on first use."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # _create may ask for another connection
         self._cache: dict[str, Any] = {}
         self._config: dict[str, Any] | None = None
 
