@@ -295,7 +295,10 @@ class Worker:
             job = Job(oid, doc)
             jobs.append(job)
         if jobs:
-            self.plugins.hook.mrq_jobs_dequeued(worker=self, jobs=jobs)
+            try:
+                self.plugins.hook.mrq_jobs_dequeued(worker=self, jobs=jobs)
+            except Exception:
+                self.log.exception("A plugin failed in mrq_jobs_dequeued; the jobs run anyway")
         for job in jobs:
             settings = self._settings_of(job.path)
             job.settings = settings
@@ -357,7 +360,10 @@ class Worker:
     def _on_written(self, written: list[tuple[ObjectId, str, dict[str, Any]]]) -> None:
         hook = self.plugins.hook.mrq_job_status_changed
         for job_id, status, fields in written:
-            hook(job_id=job_id, status=status, fields=fields)
+            try:
+                hook(job_id=job_id, status=status, fields=fields)
+            except Exception:
+                self.log.exception("A plugin failed in mrq_job_status_changed for job %s", job_id)
 
     def _refresh_subqueues(self) -> None:
         if not any(q.endswith("/") for q in self.queues):

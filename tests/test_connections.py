@@ -28,7 +28,7 @@ def test_roundtrips_are_counted(mrq_urls):
     before = ROUNDTRIPS.copy()
     r.set("k", 1)
     pipe = r.pipeline()
-    for i in range(10):
+    for _ in range(10):
         pipe.incr("k")
     pipe.execute()
     db["c"].insert_many([{"i": i} for i in range(10)])
