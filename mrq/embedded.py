@@ -85,24 +85,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0
-    redis_url, mongodb_uri = ensure_servers()
-    env = dict(os.environ, MRQ_REDIS=redis_url, MRQ_MONGODB_JOBS=mongodb_uri, MRQ_EMBEDDED="")
-    worker = subprocess.Popen([sys.executable, "-m", "mrq.cli", "worker", "--greenlets", "10",
-                               "--report_interval", "2", *argv, "default"], env=env)
-    seed = subprocess.run([sys.executable, "-c", _SEED], env=env, capture_output=True, text=True)
-    if seed.returncode:
-        print(seed.stderr, file=sys.stderr)
-    _print_banner(redis_url, mongodb_uri, worker.pid)
-    print(seed.stdout, flush=True)
+    def on_sigterm(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)  # stop the servers on SIGTERM too, not only on Ctrl-C
+    worker = None
     try:
+        redis_url, mongodb_uri = ensure_servers()
+        env = dict(os.environ, MRQ_REDIS=redis_url, MRQ_MONGODB_JOBS=mongodb_uri, MRQ_EMBEDDED="")
+        seed = subprocess.run([sys.executable, "-c", _SEED], env=env, capture_output=True, text=True)
+        if seed.returncode:
+            print(seed.stderr, file=sys.stderr)
+            return 1
+        worker = subprocess.Popen([sys.executable, "-m", "mrq.cli", "worker", "--greenlets", "10",
+                                   "--report_interval", "2", *argv, "default"], env=env)
+        _print_banner(redis_url, mongodb_uri, worker.pid)
+        print(seed.stdout, flush=True)
         while worker.poll() is None:
             time.sleep(0.5)
     except KeyboardInterrupt:
-        worker.send_signal(signal.SIGINT)
-        worker.wait(60)
-    for server in _kept:
-        server.stop()
-    return worker.returncode or 0
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGINT)
+            worker.wait(60)
+    finally:
+        for server in _kept:
+            server.stop()
+    return worker.returncode or 0 if worker is not None else 0
 
 
 _SEED = """

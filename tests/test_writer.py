@@ -1,0 +1,85 @@
+"""The batching status writer: coalescing, transition guard, acknowledgement after the write, outages."""
+
+from __future__ import annotations
+
+import pymongo
+import pytest
+import redis
+
+from mrq import status as st
+from mrq.broker import Broker
+from mrq.job import Outcome, utcnow
+from mrq.writer import StatusWriter
+
+
+def _queued(db, n):
+    now = utcnow()
+    ids = db["mrq_jobs"].insert_many([{"status": "queued", "queue": "q", "path": "p.t", "datequeued": now}
+                                      for _ in range(n)]).inserted_ids
+    return ids
+
+
+@pytest.fixture
+def parts(mrq_urls):
+    client = pymongo.MongoClient(mrq_urls.mongodb)
+    db = client.get_default_database()
+    r = redis.Redis.from_url(mrq_urls.redis)
+    broker = Broker(r, "w")
+    yield db, broker
+    client.close()
+    r.close()
+
+
+def test_started_and_end_coalesce_into_one_update_then_ack(parts):
+    db, broker = parts
+    ids = _queued(db, 3)
+    broker.push("q", [str(i) for i in ids])
+    broker.dequeue("worker", ["q"], 3)
+    seen = []
+    writer = StatusWriter(db["mrq_jobs"], broker, 0.1, on_written=seen.extend)
+    for i in ids:
+        writer.started(i, {"status": st.STARTED, "worker": "worker"})
+    writer.finished(ids[0], Outcome(st.SUCCESS, set={"status": st.SUCCESS, "result": 1}))
+    writer.finished(ids[1], Outcome(st.RETRY, set={"status": st.RETRY}, delayed=("q", 0.0)))
+    assert len(broker.inflight()) == 3
+    assert writer.flush()
+    assert writer.written == 3  # one update per job
+    docs = {d["_id"]: d for d in db["mrq_jobs"].find()}
+    assert [docs[i]["status"] for i in ids] == ["success", "retry", "started"]
+    assert docs[ids[0]]["worker"] == "worker" and docs[ids[0]]["result"] == 1
+    assert [r.job_id for r in broker.inflight()] == [str(ids[2])]  # the running one stays in flight
+    assert broker.sizes(["q"]) == {"q": (0, 1)}
+    assert {s for _, s, _ in seen} == {"success", "retry", "started"}
+
+
+def test_a_final_status_is_never_overwritten(parts):
+    db, broker = parts
+    (job_id,) = _queued(db, 1)
+    db["mrq_jobs"].update_one({"_id": job_id}, {"$set": {"status": "cancel"}})
+    seen = []
+    writer = StatusWriter(db["mrq_jobs"], broker, 0.1, on_written=seen.extend)
+    writer.finished(job_id, Outcome(st.SUCCESS, set={"status": st.SUCCESS, "result": 1}))
+    assert writer.flush()
+    assert db["mrq_jobs"].find_one({"_id": job_id})["status"] == "cancel"
+    assert writer.refused == 1 and seen == []
+
+
+def test_outage_keeps_the_batch_until_it_is_stored(mongodb_restartable, parts):
+    _, broker = parts
+    client = pymongo.MongoClient(mongodb_restartable.uri("w"), serverSelectionTimeoutMS=300)
+    db = client.get_default_database()
+    ids = _queued(db, 2)
+    broker.push("q", [str(i) for i in ids])
+    broker.dequeue("worker", ["q"], 2)
+    writer = StatusWriter(db["mrq_jobs"], broker, 0.05)
+    for i in ids:
+        writer.finished(i, Outcome(st.SUCCESS, set={"status": st.SUCCESS}))
+    mongodb_restartable.stop()
+    assert writer.flush_once() is False
+    assert writer.errors == 1 and len(writer) == 3  # two statuses + their acknowledgement
+    assert len(broker.inflight()) == 2  # nothing acknowledged without its status
+    mongodb_restartable.start()
+    assert writer.flush(timeout=30)
+    assert {d["status"] for d in db["mrq_jobs"].find()} == {"success"}
+    assert broker.inflight() == []
+    client.close()
