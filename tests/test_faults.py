@@ -40,6 +40,6 @@ def test_server_restart_during_jobs(service, restartable_urls, redis_restartable
     more = queue_jobs(T + "Add", [{"a": 1, "b": i} for i in range(3)])
     wait_for_idle(timeout=60)
     assert [Job(i).fetch().data["result"] for i in ids] == [0, 1, 2, 3]
-    assert [Job(i).fetch().data.get("result") for i in more] == [1, 2, 3], [(Job(i).data["status"], Job(i).data.get("worker")) for i in more]
+    assert [Job(i).fetch().data.get("result") for i in more] == [1, 2, 3]
     assert worker.proc.poll() is None, "the worker must survive the outage"
     assert worker.stop() == 0
