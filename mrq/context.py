@@ -16,6 +16,7 @@ import gevent
 
 from mrq.connections import Connections
 from mrq.exceptions import AbortInterrupt, RetryInterrupt
+from mrq.job import queue_job, queue_jobs  # re-exported, as in the original MRQ
 
 if TYPE_CHECKING:
     from mrq.broker import Broker
@@ -28,7 +29,7 @@ __all__ = [
     "log", "connections", "get_current_job", "get_current_worker", "get_current_config",
     "set_current_config", "setup_context", "retry_current_job", "abort_current_job",
     "set_current_job_progress", "run_task", "subpool_map", "subpool_imap", "get_broker",
-    "get_plugin_manager",
+    "get_plugin_manager", "queue_job", "queue_jobs",
 ]
 
 #: The logger of task code: its lines are stored per job in ``mrq_logs``.

@@ -61,3 +61,10 @@ def test_worker_bad_config_exits_2(mrq_urls, pytestconfig):
 def test_version(mrq_urls, pytestconfig):
     out = run(["worker", "--version"], mrq_urls, pytestconfig.rootpath)
     assert out.returncode == 0 and out.stdout.startswith("MRQ ")
+
+
+def test_cli_imports_no_client_library_before_patching():
+    code = ("import sys, mrq, mrq.cli; bad = [m for m in sys.modules if m.split('.')[0] in ('pymongo', 'redis')];"
+            "print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr

@@ -298,3 +298,40 @@ def test_orphaned_in_flight_ids_are_requeued(mrq_worker, mrq_config):
     assert Job(job_id).wait(timeout=10) == 4
     assert mrq_worker.stop() == 0
     assert mrq_worker.report()["counters"]["orphans_requeued"] == 1
+
+
+def test_double_sigint_interrupts(mrq_worker):
+    import time
+    mrq_worker.start("--greenlets", "2")
+    job_id = queue_job(T + "Sleep", {"t": 30})
+    time.sleep(0.8)
+    mrq_worker.proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    assert mrq_worker.proc.poll() is None  # still finishing its job
+    assert mrq_worker.stop(signal.SIGINT) == 0
+    assert Job(job_id).fetch().data["status"] == "interrupt"
+
+
+def test_report_shows_running_jobs_with_stacks(mrq_worker):
+    import time
+    mrq_worker.start("--greenlets", "3")
+    job_id = queue_job(T + "Sleep", {"t": 5})
+    deadline = time.time() + 10
+    report = mrq_worker.report()
+    while time.time() < deadline and not report["jobs"]:
+        time.sleep(0.2)
+        report = mrq_worker.report()
+    (running,) = report["jobs"]
+    assert running["id"] == job_id and running["path"] == T + "Sleep"
+    assert any("gevent.sleep" in line for line in running["stack"])
+    assert report["status"] in ("wait", "spawn", "full") and report["greenlets"] == 3
+    assert report["process"]["mem"]["rss"] > 10 and report["pid"] == mrq_worker.pid
+    assert report["queues"] == ["default"]
+    Job(job_id).cancel()
+
+
+def test_max_time_and_max_memory_stop_gracefully(mrq_worker):
+    mrq_worker.start("--max_time", "0.5", wait=False)
+    assert mrq_worker.proc.wait(30) == 0
+    mrq_worker.start("--max_memory", "1", wait=False)
+    assert mrq_worker.proc.wait(30) == 0
