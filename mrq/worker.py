@@ -89,7 +89,10 @@ class Worker:
         """Run until stopped (signal, ``--max_jobs``, ``--max_time``, ``--max_memory``, burst end)."""
         context.set_current_worker(self)
         logging.getLogger("mrq.current").addHandler(self.log_handler)
+        self._install_signals()
         while True:
+            if self._graceful:  # stopped while waiting for MongoDB
+                return 0
             try:
                 ensure_indexes(self.db, self.logs_db, int(self.config.get("mongodb_logs_size", 0)))
                 break
@@ -101,7 +104,6 @@ class Worker:
         except Exception as exc:
             self.log.error("Worker could not start: %s: %s", type(exc).__name__, exc)
             return 1
-        self._install_signals()
         self._spawn_service("writer", self.writer.run)
         self._spawn_service("heartbeat", self._heartbeat_loop)
         self._spawn_service("report", self._report_loop)
