@@ -33,27 +33,31 @@ def test_embedded_servers_are_joined_by_other_commands(tmp_path, monkeypatch):
 def test_mrq_embedded_runs_the_examples_and_stops_cleanly(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "mrq.cli", "embedded"], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=dict(os.environ, MRQ_LOG_LEVEL="WARNING"))
-    lines = []
-    deadline = time.monotonic() + 60
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        lines.append(line)
-        if line.startswith("Queued 20 Add jobs"):
-            break
-    text = "".join(lines)
-    assert "MRQ is running on embedded servers" in text, text
-    redis_url = next(word for line in lines if "Redis " in line for word in line.split() if word.startswith("redis:"))
-    mongodb_uri = next(w for line in lines if "MongoDB " in line for w in line.split() if w.startswith("mongodb:"))
-    setup_context(redis=redis_url, mongodb_jobs=mongodb_uri)
     try:
-        crawl = Job(text.split("Queued 20 Add jobs, Crawl ")[1].split()[0])
-        assert crawl.wait(timeout=60) == {"pages": 30}
-        assert connections.mongodb_jobs["mrq_jobs"].count_documents({"status": "success"}) >= 21
-    finally:
-        connections.reset()
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(60) == 0
+        lines = []
+        deadline = time.monotonic() + 60
+        assert proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if line.startswith("Queued 20 Add jobs"):
+                break
+        text = "".join(lines)
+        assert "MRQ is running on embedded servers" in text, text
+        words = [w for line in lines for w in line.split()]
+        redis_url = next(w for w in words if w.startswith("redis://"))
+        mongodb_uri = next(w for w in words if w.startswith("mongodb://"))
+        setup_context(redis=redis_url, mongodb_jobs=mongodb_uri)
+        try:
+            crawl = Job(text.split("Queued 20 Add jobs, Crawl ")[1].split()[0])
+            assert crawl.wait(timeout=60) == {"pages": 30}
+            assert connections.mongodb_jobs["mrq_jobs"].count_documents({"status": "success"}) >= 21
+        finally:
+            connections.reset()
+    finally:  # never leave the servers running, even when an assertion failed
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+    assert code == 0
     state = (tmp_path / ".mrq" / "servers.json").read_text()
     out = subprocess.run(["pgrep", "-f", str(tmp_path / ".mrq")], capture_output=True, text=True)
     assert out.stdout.strip() == "", f"servers left running: {out.stdout} ({state})"
