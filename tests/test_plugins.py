@@ -453,20 +453,8 @@ def test_hook_mrq_worker_start_failure_stops_the_worker(mrq_worker):
     assert Job(job_id).fetch().data["status"] == "queued"
 
 
-_UNGUARDED = {
-    "mrq_jobs_dequeued": "BUG mrq/worker.py: an exception of mrq_jobs_dequeued fails the whole dequeue, which is "
-                         "retried forever; the popped jobs stay in flight and never run",
-    "mrq_job_status_changed": "BUG mrq/worker.py _on_written / mrq/writer.py flush: an exception of "
-                              "mrq_job_status_changed kills the writer after the MongoDB write and before the "
-                              "Redis ack; the jobs stay in flight until the worker stops",
-}
-
-
-@pytest.mark.parametrize("hook", [
-    pytest.param(h, marks=pytest.mark.xfail(reason=_UNGUARDED[h], strict=True)) if h in _UNGUARDED else h
-    for h in ("mrq_worker_report", "mrq_worker_stop", "mrq_jobs_dequeued", "mrq_job_finished",
-              "mrq_job_status_changed")
-])
+@pytest.mark.parametrize("hook", ["mrq_worker_report", "mrq_worker_stop", "mrq_jobs_dequeued",
+                                  "mrq_job_finished", "mrq_job_status_changed"])
 def test_a_raising_hook_loses_no_job(mrq_worker, hook):
     """A plugin that raises in a worker hook is logged; the jobs still run and leave the in-flight record."""
     from mrq.job import Job, queue_jobs
