@@ -27,7 +27,8 @@ Each repeat (same method as ``../shared/bench/peers_bench.py``):
    venv /tmp/benchenv, made by ``setup.sh`` if missing), so MRQ and peers alternate on the machine.
 
 Servers: a private ``redis-server`` (``mrq.servers.RedisServer``) and SecantusDB
-(``mrq.servers.MongoServer``) on free ports, stopped at the end; or ``--redis URL --mongodb URI``
+(``mrq.servers.MongoServer``, a fresh one per repeat unless ``--same-mongodb``: it slows down as data
+is written to it) on free ports, stopped at the end; or ``--redis URL --mongodb URI``
 (nothing is flushed there: MRQ uses a key prefix and databases of its own per repeat, deleted after).
 Results: JSON in ``--out`` (default /tmp/mrq-bench.json) and a markdown table on stdout.
 """
@@ -455,6 +456,8 @@ def main() -> int:
     parser.add_argument("--redis", help="use this Redis instead of starting one (keys under a prefix of our own)")
     parser.add_argument("--mongodb", help="use this MongoDB instead of starting SecantusDB (databases "
                         "mrqbench* of our own, dropped after)")
+    parser.add_argument("--same-mongodb", action="store_true",
+                        help="keep one SecantusDB for every repeat (default: a fresh one per repeat)")
     parser.add_argument("--timeout", type=float, default=600, help="per-run worker timeout, s")
     args = parser.parse_args()
     if bool(args.redis) != bool(args.mongodb):
@@ -470,23 +473,35 @@ def main() -> int:
     started = time.time()
     peers_python = ensure_peers_env(args.peers_dir) if args.peers else None
     try:
+        mongo_srv: Any = None
         if args.redis:
             target = Target(args.redis, args.mongodb)
             mongodb_server = "external: " + args.mongodb
         else:
-            log("starting redis-server and SecantusDB on free ports...")
-            redis_srv, mongo_srv = RedisServer(), MongoServer()
-            servers += [redis_srv, mongo_srv]
+            log("starting redis-server on a free port...")
+            redis_srv = RedisServer()
+            servers.append(redis_srv)
             redis_srv.start()
-            mongo_srv.start()
-            target = Target(redis_srv.url, mongo_srv.url)
-            mongodb_server = f"SecantusDB {version('SecantusDB') or version('secantusdb')}"
+            target = Target(redis_srv.url, "")
+            mongodb_server = f"SecantusDB {version('SecantusDB') or version('secantusdb')}, fresh per repeat"
         mrq_runs: list[dict[str, Any]] = []
         ceiling_runs: list[dict[str, Any]] = []
         peer_runs: dict[str, list[dict[str, Any]]] = {}
         peer_conc: dict[str, str] = {}
         peer_versions: dict[str, Any] = {}
         for rep in range(1, args.repeats + 1):
+            if not args.redis and (mongo_srv is None or not args.same_mongodb):
+                # SecantusDB gets slower as data is written to it (dropped databases included): one
+                # insert_one went from ~1,000/s to ~400/s over 6,000 documents in a probe; a fresh
+                # server per repeat gives every repeat the same starting point.
+                if mongo_srv is not None:
+                    mongo_srv.cleanup()
+                    servers.remove(mongo_srv)
+                log(f"[{rep}/{args.repeats}] starting SecantusDB on a free port...")
+                mongo_srv = MongoServer()
+                servers.append(mongo_srv)
+                mongo_srv.start()
+                target.mongodb_uri = mongo_srv.url
             res = mrq_trial(target, args.n, args.greenlets, rep, workdir, args.timeout)
             mrq_runs.append(res)
             log(f"[{rep}/{args.repeats}] mrq ok={res['ok']} enq1={fmt(res.get('enqueue_one_per_s'))}/s "
