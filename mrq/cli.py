@@ -164,6 +164,8 @@ def _wait_with_progress(job: Any) -> dict[str, Any]:
 
 def plugins_main(argv: Sequence[str] | None = None) -> int:
     """``mrq-plugins``: list installed plugins, their versions, whether enabled and their hooks."""
+    if os.getcwd() not in sys.path:  # dotted-path plugins of the project, as for mrq-worker
+        sys.path.insert(0, os.getcwd())
     config = _load("common", argv, "mrq-plugins")
     _print_plugins(config)
     return 0

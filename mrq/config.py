@@ -81,6 +81,8 @@ class Option:
                 f"Bad value for option {self.name!r} from {source}: {value!r} is not a valid "
                 f"{self.type.__name__} ({exc}). Fix it there, or see `--help` for the expected form."
             ) from None
+        if self.choices is not None and result not in self.choices and isinstance(result, str):
+            result = next((c for c in self.choices if str(c).lower() == result.lower()), result)
         if self.choices is not None and result not in self.choices:
             raise ConfigError(
                 f"Bad value for option {self.name!r} from {source}: {result!r}; "

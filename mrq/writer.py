@@ -155,7 +155,10 @@ class StatusWriter:
             if result.matched_count < len(ops):
                 written = self._keep_applied(written)
             if self.on_written:
-                self.on_written(written)
+                try:
+                    self.on_written(written)
+                except Exception:  # a callback must never keep the jobs from being acknowledged
+                    log.exception("Status-written callback failed")
         self._unacked.extend(ack)
         if self._unacked:
             try:

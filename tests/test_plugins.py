@@ -41,6 +41,14 @@ def cfg(*argv: str, env: dict[str, str] | None = None, command: str = "worker", 
     return get_config(command, argv=list(argv), env=env or {}, **kwargs)
 
 
+#: Plugins really installed in this environment (mrq-cleaning, mrq-scheduler...): tests ignore them.
+OTHERS = set(installed_plugins())
+
+
+def without_others(lines: list[str]) -> list[str]:
+    return [line for line in lines if line.split(" ", 1)[0] not in OTHERS]
+
+
 @pytest.fixture(autouse=True)
 def _empty_cwd(tmp_path, monkeypatch):
     """No ./mrq-config.py of the repository or elsewhere is read by accident."""
@@ -80,8 +88,9 @@ def test_recorder_implements_every_hook():
     specs = sorted(n for n, _ in inspect.getmembers(hookspecs, inspect.isfunction) if n.startswith("mrq_"))
     assert sorted(ALL_HOOKS) == specs
     pm = cfg("--plugins", RECORDER).plugin_manager
-    assert pm.describe() == [{"name": RECORDER, "version": "", "source": RECORDER, "enabled": True,
-                              "hooks": sorted(ALL_HOOKS)}]
+    enabled = [row for row in pm.describe() if row["enabled"]]  # installed plugins are listed too
+    assert enabled == [{"name": RECORDER, "version": "", "source": RECORDER, "enabled": True,
+                        "hooks": sorted(ALL_HOOKS)}]
 
 
 def test_enable_by_dotted_path():
@@ -105,7 +114,7 @@ def test_no_plugin_by_default():
 
 
 def test_enable_by_entry_point_name(dist_dir):
-    assert set(installed_plugins()) == {"recorder", "broken"}
+    assert set(installed_plugins()) - OTHERS == {"recorder", "broken"}
     config = cfg("--plugins", "recorder")
     pm = config.plugin_manager
     assert pm.enabled == ["recorder"]
@@ -120,7 +129,7 @@ def test_enable_by_entry_point_name(dist_dir):
 def test_listing_imports_nothing(dist_dir, monkeypatch):
     monkeypatch.delitem(sys.modules, RECORDER)
     rows = PluginManager().describe()
-    assert [r["name"] for r in rows] == ["broken", "recorder"]
+    assert [r["name"] for r in rows if r["name"] not in OTHERS] == ["broken", "recorder"]
     assert RECORDER not in sys.modules
 
 
@@ -143,11 +152,12 @@ def test_unknown_name_lists_installed_plugins(dist_dir):
         cfg("--plugins", "nope")
     message = str(info.value)
     assert "Unknown plugin 'nope'" in message
-    assert "Installed plugins: broken, recorder." in message
+    assert "Installed plugins: " + ", ".join(sorted({"broken", "recorder"} | OTHERS)) + "." in message
     assert "not-a-plugin" not in message
 
 
-def test_unknown_name_with_nothing_installed():
+def test_unknown_name_with_nothing_installed(monkeypatch):
+    monkeypatch.setattr("mrq.plugins.installed_plugins", dict)
     with pytest.raises(PluginError, match="Unknown plugin 'nope'. Installed plugins: none."):
         cfg("--plugins", "nope")
 
@@ -296,7 +306,7 @@ def test_no_trace_by_default(monkeypatch, caplog):
 def test_cli_list_plugins(dist_dir):
     proc = run_cli("worker", "--plugins", "recorder", "--list-plugins", pythonpath=[str(dist_dir)])
     assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
+    lines = without_others(proc.stdout.splitlines())
     assert lines[0] == "broken 1.2.3 [disabled] (tests.plugins.does_not_exist)"
     assert lines[1] == f"recorder 1.2.3 [enabled] ({RECORDER})"
     assert lines[2] == "    hooks: " + ", ".join(sorted(ALL_HOOKS))
@@ -306,22 +316,27 @@ def test_cli_list_plugins(dist_dir):
 def test_cli_plugins_command(dist_dir):
     proc = run_cli("plugins", pythonpath=[str(dist_dir)])
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines() == ["broken 1.2.3 [disabled] (tests.plugins.does_not_exist)",
+    assert without_others(proc.stdout.splitlines()) == ["broken 1.2.3 [disabled] (tests.plugins.does_not_exist)",
                                         f"recorder 1.2.3 [disabled] ({RECORDER})"]
     proc = run_cli("plugins", env={"MRQ_PLUGINS": RECORDER})
-    assert proc.stdout.splitlines()[0] == f"{RECORDER} - [enabled] ({RECORDER})"
+    assert without_others(proc.stdout.splitlines())[0] == f"{RECORDER} - [enabled] ({RECORDER})"
 
 
 def test_cli_no_plugins_installed():
     proc = run_cli("plugins")
     assert proc.returncode == 0
-    assert proc.stdout.strip() == "No MRQ plugins installed (entry-point group 'mrq.plugins')."
+    if OTHERS:  # mrq's own plugins are installed here: each is listed, none enabled
+        assert sorted(line.split(" ", 1)[0] for line in proc.stdout.splitlines()) == sorted(OTHERS)
+        assert "[enabled]" not in proc.stdout
+    else:
+        assert proc.stdout.strip() == "No MRQ plugins installed (entry-point group 'mrq.plugins')."
 
 
 def test_cli_unknown_plugin_exits_2(dist_dir):
     proc = run_cli("worker", "--plugins", "nope", pythonpath=[str(dist_dir)])
     assert proc.returncode == 2
-    assert "mrq-worker: error: Unknown plugin 'nope'. Installed plugins: broken, recorder." in proc.stderr
+    listing = ", ".join(sorted({"broken", "recorder"} | OTHERS))
+    assert f"mrq-worker: error: Unknown plugin 'nope'. Installed plugins: {listing}." in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
