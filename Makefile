@@ -18,6 +18,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	@$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); echo "" >&2; echo "error: \`$(PYTHON) -m venv\` failed. On Debian/Ubuntu install the venv module with:" >&2; echo "    apt-get install python3-venv    (as root; or sudo apt-get install python3-venv)" >&2; echo "then run make again." >&2; exit 1; }
 	$(PY) -m pip install -q --upgrade pip || echo "(pip upgrade failed; going on with the bundled pip)"
 	$(PY) -m pip install -e '.[test]'
+	@if [ -d plugins/mrq_scheduler ]; then echo "$(PY) -m pip install -e plugins/mrq_scheduler"; $(PY) -m pip install -e plugins/mrq_scheduler; fi
 	@touch $@
 
 # ruff and pytest both run; the target fails if either fails (pytest exit 5, "no tests collected", too).
