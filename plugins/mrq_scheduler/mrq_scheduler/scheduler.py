@@ -1,0 +1,248 @@
+"""The scheduler's state and its check: a Redis lock, one document per entry in ``mrq_scheduled_jobs``.
+
+Each check (every ``--scheduler_interval`` seconds, in every worker that enables the plugin):
+
+1. take the non-blocking Redis lock ``{prefix}:scheduler:lock``; if another process holds it, skip;
+2. the first time in this process: sync the config into ``mrq_scheduled_jobs`` (delete the documents
+   of entries no longer configured, insert the new ones, leave unchanged ones alone);
+3. for each of this process's entries whose ``next_run`` is due: **claim** the period with a
+   compare-and-set on ``next_run`` (``update_one({"_id": ..., "next_run": old}, {"$set": {"next_run":
+   new, ...}})``), and queue the job only if the claim matched.
+
+The lock keeps the work in one process at a time; the compare-and-set alone guarantees that a period
+is queued at most once even if two processes overlap (a lock that expired during a slow check).
+Claiming *before* queueing means a process killed between the two (SIGKILL, a power cut: a few
+milliseconds) misses that period instead of running it twice. If ``queue_job`` raises, the claim is
+reverted, so the next check tries again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from bson import ObjectId
+
+from mrq_scheduler.cron import UTC
+from mrq_scheduler.entries import Entry, parse_entries
+
+__all__ = ["Scheduler", "COLLECTION", "NOW_ENV", "now"]
+
+COLLECTION = "mrq_scheduled_jobs"
+#: Testing aid: an ISO datetime (naive = UTC) at which the scheduler's clock starts in this process;
+#: it then advances with the real (monotonic) time.
+NOW_ENV = "MRQ_SCHEDULER_NOW"
+_fake_clock: dict[str, Any] = {}
+
+
+def now() -> dt.datetime:
+    """The scheduler's clock: an aware UTC datetime (see :data:`NOW_ENV`)."""
+    fake = os.environ.get(NOW_ENV)
+    if not fake:
+        return dt.datetime.now(UTC)
+    if _fake_clock.get("text") != fake:
+        start = dt.datetime.fromisoformat(fake.replace("Z", "+00:00"))
+        start = start.replace(tzinfo=UTC) if start.tzinfo is None else start.astimezone(UTC)
+        _fake_clock.update(text=fake, start=start, monotonic=time.monotonic())
+    return _fake_clock["start"] + dt.timedelta(seconds=time.monotonic() - _fake_clock["monotonic"])
+
+
+def to_mongo(value: dt.datetime) -> dt.datetime:
+    """Aware datetime -> naive UTC with MongoDB's millisecond precision (what reads give back)."""
+    value = value.astimezone(UTC).replace(tzinfo=None)
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+def from_mongo(value: dt.datetime) -> dt.datetime:
+    return value.replace(tzinfo=UTC)
+
+
+class Scheduler:
+    """The scheduler of one process.
+
+    :param entries: the validated entries (:func:`mrq_scheduler.entries.parse_entries`).
+    :param db: the jobs database (``mrq.context.connections.mongodb_jobs``).
+    :param broker: ``mrq.context.get_broker()``: gives the Redis client and the prefixed lock key.
+    :param interval: seconds between checks of :meth:`run_forever`.
+    :param lock_timeout: seconds after which a lock held by a dead process expires.
+    """
+
+    def __init__(self, entries: Sequence[Entry], db: Any, broker: Any, interval: float = 1.0,
+                 lock_timeout: float | None = None, log: logging.Logger | None = None) -> None:
+        self.entries = {e.hash: e for e in entries}
+        self.collection = db[COLLECTION]
+        self.broker = broker
+        self.interval = float(interval)
+        self.lock_timeout = float(lock_timeout or max(5.0, 5 * self.interval))
+        self.log = log or logging.getLogger("mrq.scheduler")
+        self.synced = False
+        self.queued: Counter[str] = Counter()  # by entry hash, in this process
+        self.stats: Counter[str] = Counter()
+        self.last_check: dt.datetime | None = None
+        self.next_runs: dict[str, dt.datetime] = {}
+        self._stopping = False
+        self._busy = False
+
+    @classmethod
+    def from_config(cls, config: Any, log: logging.Logger | None = None) -> Scheduler:
+        """A scheduler for ``config`` (``scheduler_tasks``, ``scheduler_interval``, ``scheduler_timezone``),
+        on the connections of the current MRQ context."""
+        from mrq.context import connections, get_broker
+
+        entries = parse_entries(config.get("scheduler_tasks"), config.get("scheduler_timezone") or "UTC")
+        return cls(entries, connections.mongodb_jobs, get_broker(), float(config.get("scheduler_interval") or 1.0),
+                   log=log)
+
+    @property
+    def lock_key(self) -> str:
+        return str(self.broker.key("scheduler", "lock"))
+
+    def ensure_index(self) -> None:
+        self.collection.create_index([("hash", 1)], unique=True)
+
+    # ------------------------------------------------------------------ one check
+    def check(self, at: dt.datetime | None = None) -> list[ObjectId] | None:
+        """One pass: under the lock, sync (first time) and queue what is due at ``at`` (default: now()).
+
+        Returns the ids of the jobs queued, or ``None`` if another process held the lock.
+        """
+        from redis.exceptions import LockError
+
+        at = at or now()
+        self.stats["checks"] += 1
+        lock = self.broker.redis.lock(self.lock_key, timeout=self.lock_timeout, blocking=False)
+        if not lock.acquire(blocking=False):
+            self.stats["lock_busy"] += 1
+            return None
+        try:
+            if not self.synced:
+                self.sync(at)
+            return self.queue_due(at)
+        finally:
+            self.last_check = to_mongo(at)
+            try:
+                lock.release()
+            except LockError:
+                self.log.warning("scheduler: a check took longer than the lock timeout (%.0f s)", self.lock_timeout)
+
+    def sync(self, at: dt.datetime) -> dict[str, list[str]]:
+        """Make ``mrq_scheduled_jobs`` match this process's entries: delete the documents of entries no
+        longer configured, insert the new ones, leave unchanged ones (and their state) alone."""
+        from pymongo.errors import DuplicateKeyError
+
+        self.ensure_index()
+        stored = {d["hash"] for d in self.collection.find({}, {"hash": 1})}
+        removed = sorted(stored - set(self.entries))
+        if removed:
+            self.collection.delete_many({"hash": {"$in": removed}})
+        added = [h for h in self.entries if h not in stored]
+        for h in added:
+            entry = self.entries[h]
+            doc = {"hash": h, "path": entry.path, "params": entry.params, "queue": entry.queue,
+                   "schedule": entry.schedule, "timezone": entry.timezone, "description": entry.describe(),
+                   "datecreated": to_mongo(at), "next_run": to_mongo(entry.first_run(at)), "last_run": None,
+                   "datelastqueued": None, "last_job": None, "queued_count": 0}
+            try:
+                self.collection.insert_one(doc)
+            except DuplicateKeyError:  # another process inserted it meanwhile: keep its state
+                pass
+        if removed or added:
+            self.log.info("scheduler: config synced: %d entr(ies) added, %d removed, %d unchanged",
+                          len(added), len(removed), len(self.entries) - len(added))
+        self.synced = True
+        return {"added": added, "removed": removed}
+
+    def due(self, at: dt.datetime) -> list[dict[str, Any]]:
+        """The documents of this process's entries whose run is due at ``at``."""
+        docs = list(self.collection.find({"hash": {"$in": list(self.entries)}}))
+        self.next_runs = {d["hash"]: d["next_run"] for d in docs}
+        limit = to_mongo(at)
+        return [d for d in docs if d.get("next_run") is not None and d["next_run"] <= limit]
+
+    def queue_due(self, at: dt.datetime) -> list[ObjectId]:
+        """Queue every due entry (each claim is a compare-and-set, so this is safe without the lock)."""
+        ids = []
+        for doc in self.due(at):
+            job_id = self.fire(doc, at)
+            if job_id is not None:
+                ids.append(job_id)
+        return ids
+
+    def fire(self, doc: dict[str, Any], at: dt.datetime) -> ObjectId | None:
+        """Claim the period of ``doc`` (as read) and queue its job; ``None`` if another process claimed it
+        first or queueing failed (then the claim is reverted and the next check retries)."""
+        from mrq.job import queue_job
+
+        entry = self.entries[doc["hash"]]
+        old = doc["next_run"]
+        new = to_mongo(entry.next_run(at, previous=from_mongo(old)))
+        claim = self.collection.update_one(
+            {"_id": doc["_id"], "next_run": old},
+            {"$set": {"next_run": new, "last_run": old, "datelastqueued": to_mongo(at)}, "$inc": {"queued_count": 1}})
+        if claim.matched_count != 1:
+            self.stats["claims_lost"] += 1
+            return None
+        try:
+            job_id = queue_job(entry.path, entry.params, queue=entry.queue)
+        except Exception as exc:
+            self.stats["errors"] += 1
+            self.log.error("scheduler: could not queue %s (%s): %s: %s; retrying at the next check",
+                           entry.path, entry.describe(), type(exc).__name__, exc)
+            self.collection.update_one(
+                {"_id": doc["_id"], "next_run": new},
+                {"$set": {"next_run": old, "last_run": doc.get("last_run"),
+                          "datelastqueued": doc.get("datelastqueued")}, "$inc": {"queued_count": -1}})
+            return None
+        self.collection.update_one({"_id": doc["_id"]}, {"$set": {"last_job": job_id}})
+        self.queued[entry.hash] += 1
+        self.next_runs[entry.hash] = new
+        self.log.info("scheduler: queued %s %s (%s, period %s UTC), next run %s UTC", entry.path, job_id,
+                      entry.describe(), old.isoformat(), new.isoformat())
+        return job_id
+
+    # ------------------------------------------------------------------ service
+    def run_forever(self) -> None:
+        """Check every ``interval`` seconds until :meth:`stop` (a worker service)."""
+        import gevent
+
+        self.ensure_index()
+        while not self._stopping:
+            self._busy = True
+            try:
+                self.check()
+            except Exception as exc:  # noqa: BLE001 - log and retry at the next check
+                self.stats["errors"] += 1
+                self.log.warning("scheduler: check failed: %s: %s", type(exc).__name__, exc)
+            finally:
+                self._busy = False
+            gevent.sleep(self.interval)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop checking; wait (up to ``timeout``) for a check in progress, so it is not killed between a
+        claim and its ``queue_job``."""
+        import gevent
+
+        self._stopping = True
+        deadline = time.monotonic() + timeout
+        while self._busy and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+
+    def report(self) -> dict[str, Any]:
+        """``report["scheduler"]`` of the worker report."""
+        return {
+            "entries": len(self.entries),
+            "queued": sum(self.queued.values()),
+            "last_check": self.last_check,
+            "checks": self.stats["checks"],
+            "checks_skipped_locked": self.stats["lock_busy"],
+            "claims_lost": self.stats["claims_lost"],
+            "errors": self.stats["errors"],
+            "tasks": [{"hash": e.hash, "path": e.path, "queue": e.queue, "schedule": e.describe(),
+                       "queued": self.queued[e.hash], "next_run": self.next_runs.get(e.hash)}
+                      for e in self.entries.values()],
+        }
