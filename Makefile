@@ -13,12 +13,12 @@ BENCH_ARGS ?=
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.installed: setup.cfg pyproject.toml $(wildcard plugins/*/setup.cfg)
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found. Install Python 3.10+ (Debian: apt-get install python3 python3-venv)." >&2; exit 1; }
 	@$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); echo "" >&2; echo "error: \`$(PYTHON) -m venv\` failed. On Debian/Ubuntu install the venv module with:" >&2; echo "    apt-get install python3-venv    (as root; or sudo apt-get install python3-venv)" >&2; echo "then run make again." >&2; exit 1; }
 	$(PY) -m pip install -q --upgrade pip || echo "(pip upgrade failed; going on with the bundled pip)"
 	$(PY) -m pip install -e '.[test]'
-	@if [ -d plugins/mrq_scheduler ]; then echo "$(PY) -m pip install -e plugins/mrq_scheduler"; $(PY) -m pip install -e plugins/mrq_scheduler; fi
+	@for p in plugins/*/setup.cfg; do [ -f "$$p" ] || continue; d=$$(dirname "$$p"); echo "$(PY) -m pip install -e $$d"; $(PY) -m pip install -q -e "$$d" || exit 1; done
 	@touch $@
 
 # ruff and pytest both run; the target fails if either fails (pytest exit 5, "no tests collected", too).
