@@ -105,6 +105,62 @@ return out
 """
 
 
+# KEYS: [1] in-flight hash, [2] known-queues set, [3] queue list, [4] delayed zset, [5..] wake-up lists.
+# ARGV: [1] queue name, [2] 'tail' | 'head' | 'delayed', then triples (id, due unix time, '1' if the id may
+# be in the list). Pushes the ids that are neither in flight, nor delayed, nor (if flagged) in the list, in
+# ARGV order (the first one nearest the head for 'head'); returns them.
+_PUSH_UNIQUE = """
+local where = ARGV[2]
+local pending, to_scan = {}, 0
+for i = 3, #ARGV, 3 do
+  local id = ARGV[i]
+  if redis.call('HEXISTS', KEYS[1], id) == 0 and not redis.call('ZSCORE', KEYS[4], id) then
+    pending[id] = ARGV[i + 2]
+    if ARGV[i + 2] == '1' then to_scan = to_scan + 1 end
+  end
+end
+if to_scan > 0 then
+  local len = redis.call('LLEN', KEYS[3])
+  local start = 0
+  while start < len and to_scan > 0 do
+    local chunk = redis.call('LRANGE', KEYS[3], start, start + 999)
+    for _, id in ipairs(chunk) do
+      local flag = pending[id]
+      if flag then
+        pending[id] = nil
+        if flag == '1' then to_scan = to_scan - 1 end
+      end
+    end
+    start = start + 1000
+  end
+end
+local out = {}
+for i = 3, #ARGV, 3 do
+  local id = ARGV[i]
+  if pending[id] then
+    pending[id] = nil
+    out[#out + 1] = id
+    if where == 'delayed' then redis.call('ZADD', KEYS[4], ARGV[i + 1], id) end
+  end
+end
+if #out > 0 then
+  if where == 'tail' then
+    redis.call('RPUSH', KEYS[3], unpack(out))
+  elseif where == 'head' then
+    for j = #out, 1, -1 do redis.call('LPUSH', KEYS[3], out[j]) end
+  end
+  if where ~= 'delayed' then
+    for k = 5, #KEYS do
+      redis.call('LPUSH', KEYS[k], '1')
+      redis.call('LTRIM', KEYS[k], 0, 9)
+    end
+  end
+  redis.call('SADD', KEYS[2], ARGV[1])
+end
+return out
+"""
+
+
 @dataclass(frozen=True)
 class InFlight:
     """A dequeued job id not yet acknowledged: who runs it, since when, from which queue."""
@@ -144,6 +200,7 @@ class Broker:
         self._dequeue = client.register_script(_DEQUEUE)
         self._acquire = client.register_script(_ACQUIRE)
         self._requeue_inflight = client.register_script(_REQUEUE_INFLIGHT)
+        self._push_unique = client.register_script(_PUSH_UNIQUE)
 
     # -- keys
     def key(self, *parts: str) -> str:
@@ -180,6 +237,31 @@ class Broker:
                 pipe.ltrim(nkey, 0, 9)
         pipe.sadd(self.key("queues"), queue)
         pipe.execute()
+
+    def push_unique(self, queue: str, entries: Sequence[tuple[str, float, bool]], where: str = "tail") -> list[str]:
+        """Push ids to ``queue`` (``tail``/``head`` of its list, or its ``delayed`` set at their due time)
+        unless Redis already has them: in flight, delayed, or (when flagged) in the list. Atomic per 1000
+        ids; checking the list costs O(its length), so use it for repairs and manual requeues, not on the
+        hot path.
+
+        :param entries: ``(job id, due unix time, may_be_in_list)``.
+        :return: the ids pushed.
+        """
+        keys = [self.inflight_key, self.key("queues"), self.queue_key(queue), self.delayed_key(queue),
+                *self.notify_keys(queue)]
+        seen: set[str] = set()
+        unique = [e for e in entries if not (e[0] in seen or seen.add(e[0]))]  # type: ignore[func-returns-value]
+        batches = [unique[i:i + 1000] for i in range(0, len(unique), 1000)]
+        pushed: list[list[str]] = []
+        # For 'head', push the last batch first so that the first id ends nearest the head.
+        for batch in (reversed(batches) if where == "head" else batches):
+            args: list[Any] = [queue, where]
+            for job_id, due, scan in batch:
+                args += [job_id, repr(float(due)), "1" if scan else "0"]
+            pushed.append([_s(i) for i in self._push_unique(keys=keys, args=args)])
+        if where == "head":
+            pushed.reverse()
+        return [i for batch in pushed for i in batch]
 
     # -- dequeue
     def dequeue(self, worker_id: str, queues: Sequence[str], count: int,

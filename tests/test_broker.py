@@ -120,3 +120,17 @@ def test_remove_and_empty(broker):
     assert broker.list_ids("q") == ["1", "3"]
     broker.empty("q")
     assert broker.sizes(["q"]) == {"q": (0, 0)}
+
+
+def test_push_unique(broker):
+    broker.push("q", ["a"])
+    broker.push("q", ["d"], delay=100)
+    broker.push("q", ["f"])
+    broker.dequeue("w", ["q"], 1)  # 'a' is now in flight; 'f' waits in the list
+    assert broker.push_unique("q", [("a", 0, True), ("d", 0, True), ("f", 0, True), ("n", 0, True),
+                                    ("n", 0, True)]) == ["n"]
+    assert broker.list_ids("q") == ["f", "n"]
+    assert broker.push_unique("q", [("h", 0, False)], where="head") == ["h"]
+    assert broker.push_unique("q", [("z", time.time() + 50, True)], where="delayed") == ["z"]
+    assert broker.list_ids("q") == ["h", "f", "n"]
+    assert broker.sizes(["q"]) == {"q": (3, 2)}

@@ -97,3 +97,10 @@ def test_delay_sets_datedue(mrq_config):
     data = Job(job_id).fetch().data
     assert 59 < (data["datedue"] - data["datequeued"]).total_seconds() <= 60
     assert get_broker().sizes(["default"]) == {"default": (0, 1)}
+
+
+def test_requeue_of_a_cancelled_job_still_in_its_list_pushes_it_once(mrq_config):
+    job_id = queue_job(T + "Add", {"a": 1, "b": 2})
+    assert Job(job_id).cancel() is True
+    assert Job(job_id).requeue() is True
+    assert get_broker().list_ids("default") == [str(job_id)]
