@@ -254,6 +254,7 @@ class Worker:
                 gevent.sleep(1)
 
     def _wait_for_slots(self) -> int:
+        self.writer.wait_for_room(max(500, 10 * self.greenlets))
         if self.pool.free_count() == 0:
             self.status = "full"
             self.pool.wait_available()

@@ -53,6 +53,7 @@ class StatusWriter:
         self._ack = AckBatch()       # Redis changes of the statuses in _pending
         self._unacked = AckBatch()   # Redis changes of statuses already stored
         self._wakeup = gevent.event.Event()
+        self._flushed = gevent.event.Event()  # set after each flush: wakes wait_for_room()
         self._lock = gevent.lock.RLock()  # one flush at a time; never kill the loop mid-write
         self._in_progress = 0
         self._closed = False
@@ -120,6 +121,15 @@ class StatusWriter:
                 return self._flush_once()
             finally:
                 self._in_progress = 0
+                self._flushed.set()
+                self._flushed.clear()
+
+    def wait_for_room(self, limit: int) -> None:
+        """Block while more than ``limit`` statuses wait to be stored (backpressure on the dequeue: when
+        MongoDB is slower than the jobs, the worker stops taking new ones instead of piling up statuses)."""
+        while len(self._pending) + self._in_progress > limit:
+            self._wakeup.set()
+            self._flushed.wait(max(self.interval, 0.05))
 
     def _flush_once(self) -> bool:
         # Take the statuses and the acknowledgements that go with them together: a job

@@ -83,3 +83,21 @@ def test_outage_keeps_the_batch_until_it_is_stored(mongodb_restartable, parts):
     assert {d["status"] for d in db["mrq_jobs"].find()} == {"success"}
     assert broker.inflight() == []
     client.close()
+
+
+def test_wait_for_room_blocks_until_the_backlog_is_written(parts):
+    import gevent
+
+    db, broker = parts
+    ids = _queued(db, 30)
+    writer = StatusWriter(db["mrq_jobs"], broker, 5.0)  # a long interval: only wait_for_room flushes
+    for i in ids:
+        writer.finished(i, Outcome(st.SUCCESS, set={"status": st.SUCCESS}))
+    loop = gevent.spawn(writer.run)
+    try:
+        with gevent.Timeout(10):
+            writer.wait_for_room(10)
+        assert len(writer._pending) <= 10
+        assert db["mrq_jobs"].count_documents({"status": "success"}) == 30
+    finally:
+        loop.kill()
