@@ -25,7 +25,6 @@ $(VENV)/.installed: setup.cfg pyproject.toml $(wildcard plugins/*/setup.cfg)
 test: venv
 	@rc=0; $(VENV)/bin/ruff check . || rc=$$?; \
 	$(PY) -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
-	if [ -z "$(PYTEST_ARGS)" ] && [ -d plugins/mrq_cleaning/tests ]; then $(PY) -m pytest -q plugins/mrq_cleaning/tests || rc=$$?; fi; \
 	exit $$rc
 
 lint: venv
