@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from mrq.task import TaskSettings
     from mrq.worker import Worker
 
-__all__ = ["Job", "queue_job", "queue_jobs", "get_job_result", "Outcome"]
+__all__ = ["Job", "queue_job", "queue_jobs", "get_job_result", "Outcome", "JOBS", "utcnow"]
 
 JOBS = "mrq_jobs"
 
