@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import FrameType
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import pytest
 
@@ -51,6 +51,8 @@ __all__ = [
     "WorkerProcess",
     "wait_for_idle",
 ]
+
+_Server = TypeVar("_Server", RedisServer, MongoServer)
 
 REDIS_URI_ENV = "MRQ_TEST_REDIS_URI"
 MONGODB_URI_ENV = "MRQ_TEST_MONGODB_URI"
@@ -177,6 +179,16 @@ def _start(server: RedisServer | MongoServer) -> None:
         raise
 
 
+def _serve(server: _Server) -> Iterator[_Server]:
+    """Start a server of our own for a fixture; kill it and remove its data afterwards."""
+    _start(server)
+    try:
+        yield server
+    finally:
+        server.kill()  # its data is thrown away: no need for a graceful shutdown
+        server.cleanup()
+
+
 @pytest.fixture(scope="session")
 def mrq_redis_server() -> Iterator[RedisServer | ExternalServer]:
     """The session's Redis server (or the one given by MRQ_TEST_REDIS_URI)."""
@@ -185,13 +197,7 @@ def mrq_redis_server() -> Iterator[RedisServer | ExternalServer]:
         _check_external_redis(url)
         yield ExternalServer(url, REDIS_URI_ENV)
         return
-    server = RedisServer()
-    _start(server)
-    try:
-        yield server
-    finally:
-        server.kill()  # its data is thrown away: no need for a graceful shutdown
-        server.cleanup()
+    yield from _serve(RedisServer())
 
 
 @pytest.fixture(scope="session")
@@ -202,13 +208,7 @@ def mrq_mongodb_server() -> Iterator[MongoServer | ExternalServer]:
         _check_external_mongodb(url)
         yield ExternalServer(url, MONGODB_URI_ENV)
         return
-    server = MongoServer()
-    _start(server)
-    try:
-        yield server
-    finally:
-        server.kill()
-        server.cleanup()
+    yield from _serve(MongoServer())
 
 
 _database_numbers = itertools.count(1)
@@ -249,25 +249,13 @@ def mrq_urls(
 @pytest.fixture
 def redis_restartable() -> Iterator[RedisServer]:
     """A persistent Redis server of this test's own, which the test may stop, kill and restart."""
-    server = RedisServer(persistent=True)
-    _start(server)
-    try:
-        yield server
-    finally:
-        server.kill()
-        server.cleanup()
+    yield from _serve(RedisServer(persistent=True))
 
 
 @pytest.fixture
 def mongodb_restartable() -> Iterator[MongoServer]:
     """A MongoDB server of this test's own, which the test may stop, kill and restart."""
-    server = MongoServer()
-    _start(server)
-    try:
-        yield server
-    finally:
-        server.kill()
-        server.cleanup()
+    yield from _serve(MongoServer())
 
 
 # ---------------------------------------------------------------------------------------------------
