@@ -97,8 +97,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if seed.returncode:
             print(seed.stderr, file=sys.stderr)
             return 1
+        from mrq.plugins import installed_plugins
+
+        plugins = [p for p in ("cleaning",) if p in installed_plugins()]  # requeuers, when installed
         worker = subprocess.Popen([sys.executable, "-m", "mrq.cli", "worker", "--greenlets", "10",
-                                   "--report_interval", "2", *argv, "default"], env=env)
+                                   "--report_interval", "2", "--plugins", ",".join(plugins), *argv, "default"],
+                                  env=env)
         _print_banner(redis_url, mongodb_uri, worker.pid)
         print(seed.stdout, flush=True)
         while worker.poll() is None:
