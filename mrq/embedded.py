@@ -46,13 +46,13 @@ def ensure_servers(directory: Path = EMBEDDED_DIR) -> tuple[str, str]:
     state: dict[str, int] = json.loads(state_path.read_text()) if state_path.exists() else {}
     redis_port, mongo_port = state.get("redis"), state.get("mongodb")
     if not (redis_port and _answers(redis_port)):
-        server = RedisServer(data_dir=directory / "redis", persistent=True).start()
-        _kept.append(server)
-        redis_port = server.port
+        redis_server = RedisServer(data_dir=directory / "redis", persistent=True).start()
+        _kept.append(redis_server)
+        redis_port = redis_server.port
     if not (mongo_port and _answers(mongo_port)):
-        server = MongoServer(data_dir=directory / "mongodb").start()
-        _kept.append(server)
-        mongo_port = server.port
+        mongo_server = MongoServer(data_dir=directory / "mongodb").start()
+        _kept.append(mongo_server)
+        mongo_port = mongo_server.port
     state_path.write_text(json.dumps({"redis": redis_port, "mongodb": mongo_port}))
     return (f"redis://127.0.0.1:{redis_port}/0",
             f"mongodb://127.0.0.1:{mongo_port}/mrq?directConnection=true")

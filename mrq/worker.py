@@ -303,6 +303,7 @@ class Worker:
             except Exception:
                 self.log.exception("A plugin failed in mrq_jobs_dequeued; the jobs run anyway")
         for job in jobs:
+            assert job.id is not None
             settings = self._settings_of(job.path)
             job.settings = settings
             if settings.max_concurrency and not self.broker.acquire(
@@ -346,6 +347,7 @@ class Worker:
         return self._settings[path]
 
     def _perform(self, job: Job, settings: TaskSettings) -> None:
+        assert job.id is not None
         try:
             outcome = job.perform(settings, worker=self)
             try:
