@@ -71,9 +71,10 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     _patch()
     config = _load("worker", argv, "mrq-worker")
     if config["processes"] > 0:
-        print("mrq-worker: error: --processes is not available yet; run several mrq-worker commands "
-              "(each with --greenlets) meanwhile.", file=sys.stderr)
-        return 2
+        from mrq import supervisor
+
+        if not supervisor.is_supervised_child():  # a child of --processes runs as one worker
+            return supervisor.run(config, list(sys.argv[1:] if argv is None else argv))
     from mrq.worker import Worker
 
     return Worker(config).work()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 import pymongo
 import redis
@@ -26,7 +26,8 @@ from redis.retry import Retry
 
 from mrq.exceptions import ConnectionsError
 
-__all__ = ["Connections", "ROUNDTRIPS", "make_redis", "make_mongodb"]
+__all__ = ["Connections", "ROUNDTRIPS", "make_redis", "make_mongodb", "make_sentinel_redis",
+           "parse_sentinel_uri"]
 
 #: Round trips made by this process, by kind ("redis", "mongodb"). A pipeline or a
 #: bulk write counts once.
@@ -57,20 +58,119 @@ def _counting(cls: type) -> type:
     return _counting_classes[cls]
 
 
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+
+
+def _client_options(max_connections: int) -> dict[str, Any]:
+    return {"max_connections": max_connections, "socket_keepalive": True, "health_check_interval": 30,
+            "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=40),
+            "retry_on_error": [redis.ConnectionError, redis.TimeoutError]}
+
+
 def make_redis(uri: str, option: str = "redis", max_connections: int = 1000) -> redis.Redis:
-    """A Redis client for ``uri`` that retries through short outages (a server restart)."""
+    """A Redis client for ``uri`` that retries through short outages (a server restart or a failover).
+
+    ``redis://``, ``rediss://`` (TLS) and ``unix://`` URIs are read by redis-py; ``redis+sentinel://``
+    URIs (see :func:`make_sentinel_redis`) give a client of the master that a Sentinel names.
+    """
     parsed = urlparse(uri)
+    if parsed.scheme in SENTINEL_SCHEMES:
+        return make_sentinel_redis(uri, option, max_connections)
     if parsed.scheme not in {"redis", "rediss", "unix"}:
         raise ConnectionsError(
             f"--{option} {uri!r} is not a Redis URI: use redis://[:password@]host:port/db, "
-            "rediss://... for TLS or unix:///path/to/socket.")
+            "rediss://... for TLS, unix:///path/to/socket or "
+            "redis+sentinel://[:password@]host:port[,host:port...]/service_name/db.")
     try:
-        client = redis.Redis.from_url(
-            uri, max_connections=max_connections, socket_keepalive=True, health_check_interval=30,
-            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=40),
-            retry_on_error=[redis.ConnectionError, redis.TimeoutError])
+        client = redis.Redis.from_url(uri, **_client_options(max_connections))
     except ValueError as exc:
         raise ConnectionsError(f"--{option} {uri!r} is not a valid Redis URI: {exc}") from None
+    pool = client.connection_pool
+    pool.connection_class = _counting(pool.connection_class)
+    return client
+
+
+def _split_hosts(uri: str, default_port: int, bad: Any) -> tuple[str, list[tuple[str, int]], str, str, str]:
+    """``scheme://[[user]:password@]h:p[,h:p...]/path?query`` -> scheme, hosts, path, user:password, query."""
+    scheme, _, rest = uri.partition("://")
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, _, hosts = netloc.rpartition("@")
+    out: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host:
+            host, port = item.strip(), str(default_port)
+        if not host:
+            raise bad("a server address is empty")
+        try:
+            out.append((host.strip("[]"), int(port)))
+        except ValueError:
+            raise bad(f"port {port!r} of {item!r} is not a number") from None
+    return scheme, out, path, userinfo, query
+
+
+def _user_password(userinfo: str) -> tuple[str | None, str | None]:
+    username, _, password = userinfo.partition(":") if ":" in userinfo else ("", "", userinfo)
+    return unquote(username) or None, unquote(password) or None
+
+
+def parse_sentinel_uri(uri: str, option: str = "redis") -> dict[str, Any]:
+    """Read ``redis+sentinel://[[user]:password@]host:port[,host:port...]/service_name[/db][?options]``.
+
+    The password (and user) are the master's; query options: ``sentinel_password`` (and
+    ``sentinel_username``) for Sentinels that require AUTH, ``socket_timeout`` (seconds).
+    ``rediss+sentinel://`` talks TLS to the master and the replicas.
+    Returns ``sentinels`` [(host, port)], ``service``, ``db``, ``password``, ``username``, ``ssl`` and
+    ``sentinel_kwargs``.
+    """
+    def bad(why: str) -> ConnectionsError:
+        return ConnectionsError(
+            f"--{option} {uri!r} is not a valid Sentinel URI ({why}); expected "
+            "redis+sentinel://[:password@]host:port[,host:port...]/service_name[/db][?sentinel_password=...].")
+
+    scheme, sentinels, path, userinfo, query = _split_hosts(uri, 26379, bad)
+    username, password = _user_password(userinfo)
+    parts = [p for p in path.split("/") if p]
+    if not parts or len(parts) > 2:
+        raise bad("give the service name, and optionally the database number, in the path")
+    try:
+        db = int(parts[1]) if len(parts) == 2 else 0
+    except ValueError:
+        raise bad(f"database {parts[1]!r} is not a number") from None
+    params = {k: v[-1] for k, v in parse_qs(query).items()}
+    unknown = set(params) - {"sentinel_password", "sentinel_username", "socket_timeout"}
+    if unknown:
+        raise bad(f"unknown option(s) {', '.join(sorted(unknown))}")
+    sentinel_kwargs: dict[str, Any] = {}
+    if params.get("sentinel_password"):
+        sentinel_kwargs["password"] = params["sentinel_password"]
+    if params.get("sentinel_username"):
+        sentinel_kwargs["username"] = params["sentinel_username"]
+    timeout = float(params["socket_timeout"]) if params.get("socket_timeout") else None
+    if timeout:
+        sentinel_kwargs["socket_timeout"] = timeout
+    return {"sentinels": sentinels, "service": unquote(parts[0]), "db": db,
+            "password": password, "username": username,
+            "ssl": scheme.startswith("rediss"), "socket_timeout": timeout, "sentinel_kwargs": sentinel_kwargs}
+
+
+def make_sentinel_redis(uri: str, option: str = "redis", max_connections: int = 1000) -> redis.Redis:
+    """A client of the master that the Sentinels of ``uri`` name (``redis+sentinel://...``).
+
+    After a failover, the next connection asks the Sentinels again: the client's retries cover the switch.
+    """
+    from redis.sentinel import Sentinel
+
+    spec = parse_sentinel_uri(uri, option)
+    options = _client_options(max_connections)
+    if spec["socket_timeout"]:
+        options["socket_timeout"] = spec["socket_timeout"]
+    if spec["ssl"]:
+        options["ssl"] = True
+    sentinel = Sentinel(spec["sentinels"], sentinel_kwargs=spec["sentinel_kwargs"] or None)
+    client = sentinel.master_for(spec["service"], db=spec["db"], password=spec["password"],
+                                 username=spec["username"], **options)
     pool = client.connection_pool
     pool.connection_class = _counting(pool.connection_class)
     return client
