@@ -93,10 +93,11 @@ def queue_jobs(path: str, params_list: Iterable[Mapping[str, Any]], queue: str |
     ids: list[ObjectId] = []
     for start in range(0, len(params_list), batch_size):
         now = utcnow()
-        docs: list[dict[str, Any]] = [{"_id": ObjectId(), "path": path, "params": dict(p), "queue": queue, "status": st.QUEUED,
-                 "datequeued": now, "dateupdated": now, "retry_count": 0,
-                 "dateexpires": now + datetime.timedelta(seconds=settings.default_ttl)}
-                for p in params_list[start:start + batch_size]]
+        docs: list[dict[str, Any]] = [
+            {"_id": ObjectId(), "path": path, "params": dict(p), "queue": queue, "status": st.QUEUED,
+             "datequeued": now, "dateupdated": now, "retry_count": 0,
+             "dateexpires": now + datetime.timedelta(seconds=settings.default_ttl)}
+            for p in params_list[start:start + batch_size]]
         if delay:
             for d in docs:
                 d["datedue"] = now + datetime.timedelta(seconds=delay)

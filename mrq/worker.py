@@ -29,6 +29,7 @@ import gevent.event
 import gevent.lock
 import gevent.pool
 import psutil
+import pymongo
 import pymongo.errors
 from bson import ObjectId
 
@@ -94,11 +95,15 @@ class Worker:
             if self._graceful:  # stopped while waiting for MongoDB
                 return 0
             try:
+                with pymongo.timeout(5):  # then look at the stop flag again
+                    self.db.command("ping")
                 ensure_indexes(self.db, self.logs_db, int(self.config.get("mongodb_logs_size", 0)))
                 break
-            except pymongo.errors.ConnectionFailure as exc:
-                self.log.warning("MongoDB (%s) is not reachable: %s; retrying in 5 s", self.db.name, exc)
-                gevent.sleep(5)
+            except pymongo.errors.PyMongoError as exc:
+                if not isinstance(exc, pymongo.errors.ConnectionFailure) and not exc.timeout:
+                    raise
+                self.log.warning("MongoDB (%s) is not reachable: %s; retrying", self.db.name, exc)
+                gevent.sleep(1)
         try:
             self.plugins.hook.mrq_worker_start(worker=self)
         except Exception as exc:

@@ -335,3 +335,16 @@ def test_max_time_and_max_memory_stop_gracefully(mrq_worker):
     assert mrq_worker.proc.wait(30) == 0
     mrq_worker.start("--max_memory", "1", wait=False)
     assert mrq_worker.proc.wait(30) == 0
+
+
+def test_worker_waits_for_an_unreachable_mongodb_and_still_stops(mrq_worker):
+    import time
+
+    from mrq.servers import free_port
+    mrq_worker.start(env={"MRQ_MONGODB_JOBS": f"mongodb://127.0.0.1:{free_port()}/nothing?directConnection=true"},
+                     wait=False)
+    time.sleep(1.5)
+    assert mrq_worker.proc.poll() is None  # waiting, not crashed
+    t0 = time.monotonic()
+    assert mrq_worker.stop(signal.SIGINT, timeout=20) == 0
+    assert time.monotonic() - t0 < 10
