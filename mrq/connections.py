@@ -48,7 +48,7 @@ class _CommandCounter(monitoring.CommandListener):
 _counting_classes: dict[type, type] = {}
 
 
-def _counting(cls: type) -> type:
+def _counting(cls: Any) -> type:
     if cls not in _counting_classes:
         def send_packed_command(self: Any, command: Any, check_health: bool = True) -> None:
             ROUNDTRIPS["redis"] += 1
@@ -224,12 +224,12 @@ class Connections:
     def _create(self, name: str) -> Any:
         config = self._get_config()
         if name == "mongodb_logs":
-            value = str(config.get("mongodb_logs", "1"))
-            if value == "0":
+            logs = str(config.get("mongodb_logs", "1"))
+            if logs == "0":
                 return None
-            if value == "1":
+            if logs == "1":
                 return self.mongodb_jobs
-            return make_mongodb(value, "mongodb_logs")
+            return make_mongodb(logs, "mongodb_logs")
         value = config.get(name)
         if not isinstance(value, str):
             if value is not None and (name.startswith("redis") or name.startswith("mongodb")):
