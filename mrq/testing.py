@@ -50,6 +50,7 @@ __all__ = [
     "mrq_worker_factory",
     "WorkerProcess",
     "wait_for_idle",
+    "wait_until",
 ]
 
 _Server = TypeVar("_Server", RedisServer, MongoServer)
@@ -364,6 +365,19 @@ class WorkerProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+def wait_until(predicate: Any, timeout: float = 20.0, what: str = "condition", poll: float = 0.05) -> Any:
+    """Call ``predicate`` until it returns something true (returned), or fail after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"{what} not reached within {timeout} s")
 
 
 def wait_for_idle(timeout: float = 60, poll: float = 0.02, delayed_within: float = 30) -> None:

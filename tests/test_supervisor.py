@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import xmlrpc.client
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import psutil
@@ -21,19 +21,11 @@ import pytest
 from mrq.job import Job, queue_jobs
 from mrq.queue import Queue
 from mrq.supervisor import CHILD_ENV, child_argv, supervisord_config
-from mrq.testing import FAST_WORKER_ENV, ServerURLs
+from mrq.testing import FAST_WORKER_ENV, ServerURLs, wait_until
 
 T = "tests.tasks.general."
 
 
-def _wait(predicate: Callable[[], Any], timeout: float = 20, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not reached within {timeout} s")
 
 
 def _alive(pid: int) -> bool:
@@ -60,7 +52,7 @@ class Supervised:
         self.proc = subprocess.Popen([sys.executable, "-m", "mrq.cli", "worker", *args], cwd=self.cwd,
                                      env=full_env, stdout=subprocess.PIPE, text=True)
         threading.Thread(target=self._read, daemon=True).start()
-        self.socket = _wait(self._socket, 30, "the socket line on stdout")
+        self.socket = wait_until(self._socket, 30, "the socket line on stdout")
         return self
 
     def _read(self) -> None:
@@ -97,7 +89,7 @@ class Supervised:
         return {r["pid"]: r for r in db["mrq_workers"].find({"pid": {"$in": list(pids)}, "status": {"$ne": "stop"}})}
 
     def wait_ready(self, db: Any, count: int) -> dict[int, dict[str, Any]]:
-        return _wait(lambda: (lambda r: r if len(r) == count else None)(self.reports(db)), 30,
+        return wait_until(lambda: (lambda r: r if len(r) == count else None)(self.reports(db)), 30,
                      f"{count} worker reports")
 
     def stop(self, sig: int, timeout: float = 60) -> int:
@@ -110,7 +102,7 @@ class Supervised:
             self.proc.kill()  # supervisord gets SIGTERM through PR_SET_PDEATHSIG and stops the children
             self.proc.wait()
         for pid in self.pids:
-            _wait(lambda pid=pid: not _alive(pid), 30, f"pid {pid} gone")
+            wait_until(lambda pid=pid: not _alive(pid), 30, f"pid {pid} gone")
 
     def assert_no_process_left(self) -> None:
         assert self.pids, "no pids seen"
@@ -186,11 +178,11 @@ def test_sigkill_child_is_respawned_no_job_lost_then_sigint_is_graceful(supervis
     assert len({r["_id"] for r in reports.values()}) == 2
 
     ids = queue_jobs(T + "Sleep", [{"t": 2, "result": i} for i in range(4)])
-    _wait(lambda: all(Job(i).fetch().data["status"] == "started" for i in ids), what="4 jobs started")
+    wait_until(lambda: all(Job(i).fetch().data["status"] == "started" for i in ids), what="4 jobs started")
     victim_worker = Job(ids[0]).fetch().data["worker"]
     victim = next(pid for pid, r in reports.items() if r["_id"] == victim_worker)
     os.kill(victim, signal.SIGKILL)
-    new = _wait(lambda: (lambda c: c if len(c) == 2 and victim not in c.values() else None)(supervised.children()),
+    new = wait_until(lambda: (lambda c: c if len(c) == 2 and victim not in c.values() else None)(supervised.children()),
                 what="the killed child respawned")
     assert set(new.values()) - {victim}
     for i in ids:
@@ -198,7 +190,7 @@ def test_sigkill_child_is_respawned_no_job_lost_then_sigint_is_graceful(supervis
 
     # SIGINT to the parent: every child finishes its jobs, then everything exits
     later = queue_jobs(T + "Sleep", [{"t": 1.5, "result": "late"}] * 2)
-    _wait(lambda: all(Job(i).fetch().data["status"] == "started" for i in later), what="jobs started")
+    wait_until(lambda: all(Job(i).fetch().data["status"] == "started" for i in later), what="jobs started")
     supervised.children()
     assert supervised.stop(signal.SIGINT) == 0
     assert [Job(i).fetch().data["status"] for i in later] == ["success", "success"]
@@ -211,7 +203,7 @@ def test_sigterm_interrupts_and_requeues_then_exits(supervised):
     supervised.start("--processes", "2", "--greenlets", "1", "default")
     supervised.wait_ready(_db(), 2)
     ids = queue_jobs(T + "Sleep", [{"t": 30}] * 2)
-    _wait(lambda: all(Job(i).fetch().data["status"] == "started" for i in ids), what="2 jobs started")
+    wait_until(lambda: all(Job(i).fetch().data["status"] == "started" for i in ids), what="2 jobs started")
     workers = {Job(i).fetch().data["worker"] for i in ids}
     assert len(workers) == 2  # one per process
     supervised.children()
@@ -237,7 +229,7 @@ def test_children_exiting_on_max_jobs_are_respawned(supervised):
 
 def test_supervisorctl_restarts_one_child(supervised):
     supervised.start("--processes", "2", "default")
-    before = _wait(lambda: (lambda c: c if len(c) == 2 else None)(supervised.children()), what="2 children")
+    before = wait_until(lambda: (lambda c: c if len(c) == 2 else None)(supervised.children()), what="2 children")
     conf = os.path.join(os.path.dirname(supervised.socket), "supervisord.conf")
     assert f"supervisorctl -c {conf} status" in "".join(supervised.lines)
     ctl = [sys.executable, "-m", "supervisor.supervisorctl", "-c", conf]
@@ -253,6 +245,6 @@ def test_supervisorctl_restarts_one_child(supervised):
 
 def test_parent_killed_leaves_no_process(supervised):
     supervised.start("--processes", "2", "default")
-    _wait(lambda: len(supervised.children()) == 2, what="2 children")
+    wait_until(lambda: len(supervised.children()) == 2, what="2 children")
     supervised.kill()  # SIGKILL of the parent: supervisord (PR_SET_PDEATHSIG) stops the children
     supervised.assert_no_process_left()

@@ -10,7 +10,7 @@ from mrq.context import connections, get_broker, setup_context
 from mrq.job import Job, queue_job, queue_jobs
 from mrq.logger import job_logs
 from mrq.queue import Queue
-from mrq.testing import ServerURLs, WorkerProcess, wait_for_idle
+from mrq.testing import ServerURLs, WorkerProcess, wait_for_idle, wait_until
 
 T = "tests.tasks.general."
 
@@ -18,31 +18,23 @@ FAST = {"MRQ_CLEANING_DEAD_INTERVAL": "0.3", "MRQ_CLEANING_LOST_INTERVAL": "0.5"
         "MRQ_CLEANING_STARTED_INTERVAL": "1", "MRQ_CLEANING_GRACE": "1"}
 
 
-def _wait(predicate, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not reached within {timeout} s")
 
 
 def test_sigkill_during_a_10s_job_another_worker_finishes_it(mrq_worker_factory):
     first = mrq_worker_factory(FAST).start("--plugins", "cleaning", "--greenlets", "2")
     job_id = queue_job(T + "Sleep", {"t": 10, "result": "done"})
     first_id = first.report()["_id"]
-    _wait(lambda: Job(job_id).fetch().data.get("worker") == first_id, what="job started on the first worker")
+    wait_until(lambda: Job(job_id).fetch().data.get("worker") == first_id, what="job started on the first worker")
     second = mrq_worker_factory(FAST).start("--plugins", "cleaning", "--greenlets", "2")
     time.sleep(0.5)
     first.kill()
     killed_at = time.monotonic()
     second_id = second.report()["_id"]
-    _wait(lambda: Job(job_id).fetch().data.get("worker") == second_id, timeout=15, what="job restarted")
+    wait_until(lambda: Job(job_id).fetch().data.get("worker") == second_id, timeout=15, what="job restarted")
     print(f"requeued and restarted {time.monotonic() - killed_at:.1f} s after SIGKILL")
     assert Job(job_id).wait(timeout=20) == "done"
     assert job_logs(job_id).count("sleeping 10") == 2
-    _wait(lambda: second.report()["cleaning"]["dead_worker"] == 1, timeout=5, what="counter in the report")
+    wait_until(lambda: second.report()["cleaning"]["dead_worker"] == 1, timeout=5, what="counter in the report")
     assert second.report()["cleaning"]["requeued"] == 1
     assert second.stop() == 0
 
@@ -89,8 +81,8 @@ def test_redis_loses_its_data_queues_are_rebuilt(restartable, redis_restartable)
     running = queue_job(T + "Sleep", {"t": 8, "result": "once"})
     waiting = queue_jobs(T + "Add", [{"a": i, "b": 0} for i in range(10)], queue="other")  # nobody listens
     delayed = queue_job(T + "Add", {"a": 1, "b": 1}, delay=4)
-    _wait(lambda: Job(running).fetch().data["status"] == "started", what="job started")
-    _wait(lambda: worker.report()["cleaning"].get("pass_rebuild"), what="first start's rebuild")
+    wait_until(lambda: Job(running).fetch().data["status"] == "started", what="job started")
+    wait_until(lambda: worker.report()["cleaning"].get("pass_rebuild"), what="first start's rebuild")
 
     redis_restartable.stop()
     for path in redis_restartable.data_dir.iterdir():     # the data is lost
@@ -98,7 +90,7 @@ def test_redis_loses_its_data_queues_are_rebuilt(restartable, redis_restartable)
     redis_restartable.start()
     assert get_broker().redis.dbsize() == 0
 
-    _wait(lambda: Queue("other").size() == 10, what="queue rebuilt")
+    wait_until(lambda: Queue("other").size() == 10, what="queue rebuilt")
     assert get_broker().list_ids("other") == [str(i) for i in waiting]   # in their original order
     assert Job(delayed).wait(timeout=20) == 2                            # back in its delayed set
     assert Job(running).wait(timeout=20) == "once"
