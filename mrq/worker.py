@@ -298,7 +298,8 @@ class Worker:
                 self.writer.acknowledge(sid)
                 continue
             if not self._allowed(doc.get("path", "")):
-                self.writer.finished(oid, self._push_back(doc, queue))
+                self.counters["pushed_back"] += 1  # whitelist/blacklist: no status change
+                self.writer.acknowledge(sid, push_back_to=queue)
                 continue
             job = Job(oid, doc)
             jobs.append(job)
@@ -326,11 +327,6 @@ class Worker:
             self.pool.spawn(self._perform, job, settings)
         self._popped = set()
         return len(popped)
-
-    def _push_back(self, doc: dict[str, Any], queue: str) -> Outcome:
-        """A job this worker may not run (whitelist/blacklist): back at the end of its queue."""
-        self.counters["pushed_back"] += 1
-        return Outcome(doc.get("status", st.QUEUED), delayed=(queue, time.time()))
 
     def _allowed(self, path: str) -> bool:
         whitelist, blacklist = self.config.get("task_whitelist"), self.config.get("task_blacklist")

@@ -92,11 +92,12 @@ class StatusWriter:
         with self._lock:  # not while a batch is out being written
             return ({str(i) for i in self._pending} | set(self._ack.done) | set(self._unacked.done))
 
-    def acknowledge(self, job_id: str, release: str | None = None) -> None:
-        """Drop an in-flight record with no status write (a job that must not run, already ended)."""
+    def acknowledge(self, job_id: str, push_back_to: str | None = None) -> None:
+        """Drop an in-flight record with no status write: a job that must not run (already ended), or that
+        this worker may not run (``push_back_to``: back at the end of that queue, through its delayed set)."""
         self._ack.done.append(job_id)
-        if release:
-            self._ack.release.append((release, job_id))
+        if push_back_to:
+            self._ack.delayed.append((push_back_to, job_id, 0.0))
 
     def run(self) -> None:
         """The flush loop (a greenlet of the worker); ends after :meth:`close`."""
