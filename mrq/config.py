@@ -13,6 +13,7 @@ Upper-case names of the config file that are not options (``TASKS``,
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import runpy
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -61,6 +62,7 @@ class Option:
     :param aliases: other flag names (``--mongodb`` for ``--mongodb_jobs``, ``-g``).
     :param choices: the allowed values, if restricted.
     :param positional: a positional argument of the command (``queues`` of ``mrq-worker``).
+    :param check: called with the cast value; raises ``ValueError`` with the reason when it is unusable.
     """
 
     name: str
@@ -71,6 +73,7 @@ class Option:
     aliases: tuple[str, ...] = ()
     choices: tuple[Any, ...] | None = None
     positional: bool = False
+    check: Callable[[Any], None] | None = None
 
     def cast(self, value: Any, source: str) -> Any:
         """Convert ``value`` read from ``source`` to this option's type, or raise ConfigError."""
@@ -88,11 +91,25 @@ class Option:
                 f"Bad value for option {self.name!r} from {source}: {result!r}; "
                 f"choose one of {', '.join(map(str, self.choices))}."
             )
+        if self.check is not None:
+            try:
+                self.check(result)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"Bad value for option {self.name!r} from {source}: {result!r}: {exc}.") from None
         return result
 
     @property
     def env_var(self) -> str:
         return "MRQ_" + self.name.upper()
+
+
+def _check_log_format(value: str) -> None:
+    logging.Formatter(value, validate=True)  # ValueError on '%(foo' or a format with no field
+    try:
+        logging.Formatter(value).format(logging.LogRecord("mrq", logging.INFO, "", 0, "message", None, None))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ValueError(f"it names a field that log records do not have ({exc}); use fields such "
+                         "as %(asctime)s, %(levelname)s, %(name)s and %(message)s") from None
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -118,7 +135,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("name", str, "", "Worker name (default: <hostname>.<pid>)."),
     Option("log_level", str, "INFO", "Log level of the worker and task loggers.",
            choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
-    Option("log_format", str, "%(asctime)s [%(levelname)s] %(message)s", "Format of log lines."),
+    Option("log_format", str, "%(asctime)s [%(levelname)s] %(message)s",
+           "Format of log lines (Python logging %-style: %(asctime)s, %(levelname)s, %(name)s, %(message)s...).",
+           check=_check_log_format),
     Option("quiet", bool, False, "Do not print task logs to stderr (they are still stored per job)."),
     # -- jobs
     Option("default_job_timeout", float, 3600.0, "Seconds before a running job is killed as 'timeout'."),
@@ -216,11 +235,12 @@ def _build_parser(command: str, options: Sequence[Option], prog: str | None) -> 
                         help="List installed plugins, their versions, state and hooks, and exit.")
     for opt in options:
         if opt.positional:
-            parser.add_argument(opt.name, nargs="*" if opt.type is list else "?", help=opt.help)
+            parser.add_argument(opt.name, nargs="*" if opt.type is list else "?", help=opt.help.replace("%", "%%"))
             continue
         flags = [f"--{opt.name}"] + [f"-{a}" if len(a) == 1 else f"--{a}" for a in opt.aliases]
-        kwargs: dict[str, Any] = {"dest": opt.name, "help": f"{opt.help} [default: {opt.default!r}; env "
-                                  f"{opt.env_var}]"}
+        # argparse %-formats help texts: a default such as the log format's '%(asctime)s' must be escaped.
+        text = f"{opt.help} [default: {opt.default!r}; env {opt.env_var}]".replace("%", "%%")
+        kwargs: dict[str, Any] = {"dest": opt.name, "help": text}
         if opt.type is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         parser.add_argument(*flags, **kwargs)

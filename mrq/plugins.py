@@ -129,7 +129,13 @@ class PluginManager:
         except ImportError as exc:
             raise PluginError(f"Plugin {path!r} could not be imported: {exc}. Check the dotted path and "
                               "that its package is on the Python path.") from exc
-        return getattr(obj, attr) if attr else obj
+        if not attr:
+            return obj
+        try:
+            return getattr(obj, attr)
+        except AttributeError:
+            raise PluginError(f"Plugin {path!r}: module {module_name!r} has no attribute {attr!r}. Check the "
+                              "name after the ':' (module:object).") from None
 
     def plugin_options(self) -> list[Any]:
         """Options added by the enabled plugins (``mrq_add_options``)."""
