@@ -109,11 +109,15 @@ class Worker:
         except Exception as exc:
             self.log.error("Worker could not start: %s: %s", type(exc).__name__, exc)
             return 1
-        self._spawn_service("writer", self.writer.run)
-        self._spawn_service("heartbeat", self._heartbeat_loop)
-        self._spawn_service("report", self._report_loop)
+        # The kernel's services, each in its own greenlet so that none waits on another: the heartbeat talks to
+        # Redis only (a slow MongoDB must never make a live worker look dead), logs and reports to MongoDB.
+        self._spawn_service("writer", self.writer.run, critical=True)
+        self._spawn_service("heartbeat", self._heartbeat_loop, critical=True)
+        self._spawn_service("logs", self._logs_loop, critical=True)
+        self._spawn_service("report", self._report_loop, critical=True)
+        self._spawn_service("watch", self._watch_loop, critical=True)
         if any(q.endswith("/") for q in self.queues):
-            self._spawn_service("subqueues", self._subqueues_loop)
+            self._spawn_service("subqueues", self._subqueues_loop, critical=True)
         for funcs in self.plugins.hook.mrq_worker_services(worker=self):
             for func in funcs or []:
                 self._spawn_service(getattr(func, "__name__", "service"), func, restart=True)
@@ -203,7 +207,11 @@ class Worker:
         except Exception as exc:  # noqa: BLE001
             self.log.warning("Orphan check failed: %s: %s", type(exc).__name__, exc)
 
-    def _spawn_service(self, name: str, func: Callable[[], Any], restart: bool = False) -> None:
+    def _spawn_service(self, name: str, func: Callable[[], Any], restart: bool = False,
+                       critical: bool = False) -> None:
+        """Run ``func`` in a greenlet until the worker stops. A plugin's service (``restart``) that raises is
+        logged and restarted after 5 s; a kernel service (``critical``) that dies stops the worker: it stops
+        dequeuing, lets its jobs end, and exits with code 1, saying why (never a worker going on half-alive)."""
         def run() -> None:
             while True:
                 try:
@@ -212,9 +220,14 @@ class Worker:
                 except gevent.GreenletExit:
                     raise
                 except Exception:
-                    self.log.exception("Service %s failed", name)
+                    if critical:
+                        self.log.critical("Service %s died; stopping the worker (exit code 1)", name, exc_info=True)
+                        self.exitcode = 1
+                        self.stop(graceful=True)
+                        return
+                    self.log.exception("Service %s failed%s", name, "; restarting in 5 s" if restart else "")
                     if not restart:
-                        raise
+                        return
                     gevent.sleep(5)
 
         self._services.append(gevent.spawn(run))
@@ -393,6 +406,7 @@ class Worker:
                 self.log.warning("Subqueue refresh failed: %s", exc)
 
     def _heartbeat_loop(self) -> None:
+        """Redis only: the heartbeat must never wait on MongoDB (or its TTL could pass while the worker lives)."""
         interval, ttl = float(self.config["heartbeat_interval"]), float(self.config["heartbeat_ttl"])
         while True:
             try:
@@ -400,7 +414,6 @@ class Worker:
                     self._kill_job(ObjectId(sid))
             except Exception as exc:  # noqa: BLE001 - Redis down: keep trying
                 self.log.warning("Heartbeat failed: %s: %s", type(exc).__name__, exc)
-            self._flush_logs()
             gevent.sleep(interval)
 
     def _kill_job(self, job_id: ObjectId) -> None:
@@ -416,16 +429,28 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - kept for the next flush
             self.log.warning("Storing job logs failed: %s: %s", type(exc).__name__, exc)
 
+    def _logs_loop(self) -> None:
+        interval = float(self.config["flush_interval"])
+        while True:
+            gevent.sleep(interval)
+            self._flush_logs()
+
     def _report_loop(self) -> None:
+        interval = float(self.config["report_interval"])
+        while True:
+            self._report()
+            gevent.sleep(interval if interval > 0 else 3600)
+
+    def _watch_loop(self) -> None:
+        """Orphaned in-flight ids (Redis) and --max_memory, apart from the report so a slow MongoDB delays neither."""
         interval = float(self.config["report_interval"])
         max_memory = int(self.config.get("max_memory") or 0)
         while True:
-            self._report()
+            gevent.sleep(interval if interval > 0 else 3600)
             self._requeue_orphans()
             if max_memory and self.memory_mb() > max_memory and not self._graceful:
                 self.log.warning("Memory %d MB above --max_memory %d MB: stopping", self.memory_mb(), max_memory)
                 self.stop(graceful=True)
-            gevent.sleep(interval if interval > 0 else 3600)
 
     def memory_mb(self) -> int:
         return int(self._process.memory_info().rss / 1024 / 1024)
@@ -454,7 +479,8 @@ class Worker:
             "counters": dict(self.counters) | {
                 "redis_roundtrips": ROUNDTRIPS["redis"], "mongodb_roundtrips": ROUNDTRIPS["mongodb"],
                 "statuses_written": self.writer.written, "status_writes_refused": self.writer.refused,
-                "status_write_errors": self.writer.errors},
+                "status_write_errors": self.writer.errors, "log_lines_dropped": self.log_handler.dropped,
+                "log_lines_truncated": self.log_handler.truncated},
         }
         try:
             self.plugins.hook.mrq_worker_report(worker=self, report=report)

@@ -52,6 +52,7 @@ class StatusWriter:
         self._pending: dict[ObjectId, _Pending] = {}
         self._ack = AckBatch()       # Redis changes of the statuses in _pending
         self._unacked = AckBatch()   # Redis changes of statuses already stored
+        self._unverified: list[tuple[ObjectId, str, dict[str, Any]]] = []  # stored, some refused: check which
         self._wakeup = gevent.event.Event()
         self._flushed = gevent.event.Event()  # set after each flush: wakes wait_for_room()
         self._lock = gevent.lock.RLock()  # one flush at a time; never kill the loop mid-write
@@ -100,13 +101,20 @@ class StatusWriter:
             self._ack.delayed.append((push_back_to, job_id, 0.0))
 
     def run(self) -> None:
-        """The flush loop (a greenlet of the worker); ends after :meth:`close`."""
+        """The flush loop (a greenlet of the worker); ends after :meth:`close`. It cannot die of a failed
+        flush: every error is logged and counted, the batch kept, and the next flush retries it."""
         while not self._closed:
             self._wakeup.wait(self.interval)
             self._wakeup.clear()
             with self._lock:
-                if not self._closed:
+                if self._closed:
+                    break
+                try:
                     self.flush_once()
+                except Exception:  # a bug, not an outage (those are handled below): log it, keep going
+                    self.errors += 1
+                    log.exception("Status flush failed; the batch is kept and retried")
+                    gevent.sleep(min(1.0, self.interval * 2))
 
     def close(self) -> None:
         """Stop the flush loop, once it is not writing (then :meth:`flush` what is left)."""
@@ -148,29 +156,25 @@ class StatusWriter:
                 ops.append(UpdateOne({"_id": job_id, "status": {"$in": sorted(p.allowed)}}, update))
             try:
                 result = self.collection.bulk_write(ops, ordered=False)
-            except Exception as exc:  # noqa: BLE001 - any server error: keep the batch and retry
+            except BaseException as exc:
+                # Any way out of the write (a server error, flush(timeout)'s Timeout, a kill) keeps the batch:
+                # a status is never dropped, and the jobs stay in flight until it is stored.
+                self._restore(pending, ack)
+                if not isinstance(exc, Exception):
+                    raise
                 self.errors += 1
                 log.warning("Status write of %d jobs failed (%s: %s); retrying", len(ops), type(exc).__name__, exc)
-                for job_id, p in pending.items():  # newer changes win over the failed batch
-                    newer = self._pending.get(job_id)
-                    if newer is not None:
-                        p.set.update(newer.set)
-                        p.push.extend(newer.push)
-                    self._pending[job_id] = p
-                ack.extend(self._ack)
-                self._ack = ack
                 gevent.sleep(min(1.0, self.interval * 2))
                 return False
             self.written += len(ops)
             written = [(i, p.set.get("status", ""), p.set) for i, p in pending.items()]
             if result.matched_count < len(ops):
-                written = self._keep_applied(written)
-            if self.on_written:
-                try:
-                    self.on_written(written)
-                except Exception:  # a callback must never keep the jobs from being acknowledged
-                    log.exception("Status-written callback failed")
+                self._unverified.extend(written)  # some were refused: find out which before reporting
+            else:
+                self._report(written)
         self._unacked.extend(ack)
+        if self._unverified:
+            self._verify()
         if self._unacked:
             try:
                 self.broker.ack(self._unacked)
@@ -183,13 +187,40 @@ class StatusWriter:
             self._unacked = AckBatch()
         return True
 
-    def _keep_applied(self, written: list[tuple[ObjectId, str, dict[str, Any]]]) -> list[Any]:
-        """Some updates matched no document (the job was cancelled meanwhile): report only the others."""
-        statuses = {d["_id"]: d.get("status") for d in
-                    self.collection.find({"_id": {"$in": [w[0] for w in written]}}, {"status": 1})}
+    def _restore(self, pending: dict[ObjectId, _Pending], ack: AckBatch) -> None:
+        """Put a batch that was not stored back in front of what came in meanwhile (newer changes win)."""
+        for job_id, p in pending.items():
+            newer = self._pending.get(job_id)
+            if newer is not None:
+                p.set.update(newer.set)
+                p.push.extend(newer.push)
+            self._pending[job_id] = p
+        ack.extend(self._ack)
+        self._ack = ack
+
+    def _verify(self) -> None:
+        """Some updates of stored batches matched no document (the job was cancelled meanwhile): report only
+        the others. The statuses are stored and acknowledged whatever happens here; if MongoDB fails to answer,
+        the check (and the report to ``on_written``) is retried with the next flush."""
+        ids = [w[0] for w in self._unverified]
+        try:
+            statuses = {d["_id"]: d.get("status") for d in self.collection.find({"_id": {"$in": ids}}, {"status": 1})}
+        except Exception as exc:  # noqa: BLE001
+            self.errors += 1
+            log.warning("Checking %d refused status writes failed (%s: %s); retrying with the next flush",
+                        len(ids), type(exc).__name__, exc)
+            return
+        written, self._unverified = self._unverified, []
         kept = [w for w in written if statuses.get(w[0]) == w[1]]
         self.refused += len(written) - len(kept)
-        return kept
+        self._report(kept)
+
+    def _report(self, written: list[tuple[ObjectId, str, dict[str, Any]]]) -> None:
+        if self.on_written and written:
+            try:
+                self.on_written(written)
+            except Exception:  # a callback must never keep the jobs from being acknowledged
+                log.exception("Status-written callback failed")
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Flush until nothing is pending or ``timeout`` passes; True if everything was written."""

@@ -348,3 +348,19 @@ def test_worker_waits_for_an_unreachable_mongodb_and_still_stops(mrq_worker):
     t0 = time.monotonic()
     assert mrq_worker.stop(signal.SIGINT, timeout=20) == 0
     assert time.monotonic() - t0 < 10
+
+
+def test_a_dead_kernel_service_stops_the_worker_and_says_so(mrq_worker):
+    """A kernel service that dies (here the status writer's loop) must not leave a half-alive worker that
+    dequeues jobs whose statuses are never written: the worker stops, its jobs' statuses are stored at the
+    stop, and it exits with code 1 saying why."""
+    import subprocess
+
+    job_id = queue_job(T + "Sleep", {"t": 0.5, "result": "ok"})
+    mrq_worker.start("--plugins", "tests.plugins.break_writer", wait=False)
+    try:
+        code = mrq_worker.proc.wait(30)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the worker went on with a dead status writer") from None
+    assert code == 1
+    assert Job(job_id).fetch().data["status"] in ("queued", "success")  # never lost in between

@@ -123,3 +123,16 @@ class GetContext(Task):
         assert job is not None and worker is not None
         return {"job_id": str(job.id), "worker_id": str(worker.id), "greenlets": config["greenlets"],
                 "pid": os.getpid(), "custom": config.get("custom_key")}
+
+
+class Record(Task):
+    """Appends "<job id> <pid>" to the file ``params["file"]`` at each run (a record that needs neither Redis
+    nor MongoDB), then logs a line every 0.25 s for ``params["t"]`` seconds."""
+
+    def run(self, params: dict[str, Any]) -> Any:
+        with open(params["file"], "a") as f:
+            f.write(f"{get_current_job().id} {os.getpid()}\n")
+        for i in range(int(params.get("t", 0) / 0.25)):
+            log.info("tick %d", i)
+            gevent.sleep(0.25)
+        return params.get("result", "recorded")
