@@ -105,14 +105,22 @@ return out
 """
 
 
-# KEYS: [1] in-flight hash, [2] known-queues set, [3] queue list, [4] delayed zset, [5..] wake-up lists.
-# ARGV: [1] queue name, [2] 'tail' | 'head' | 'delayed', then triples (id, due unix time, '1' if the id may
-# be in the list). Pushes the ids that are neither in flight, nor delayed, nor (if flagged) in the list, in
-# ARGV order (the first one nearest the head for 'head'); returns them.
+# KEYS: [1] in-flight hash, [2] known-queues set, [3] queue list, [4] delayed zset, [5] list and [6] delayed zset
+#       of a queue to move the ids from ('move' mode), [7..] wake-up lists.
+# ARGV: [1] queue name, [2] 'tail' | 'head' | 'delayed', [3] '1' to remove the ids from KEYS[5]/KEYS[6] first
+# (moving them from another queue: a requeue to another queue never leaves a copy behind), then triples (id,
+# due unix time, '1' if the id may be in the list). Pushes the ids that are neither in flight, nor delayed, nor
+# (if flagged) in the list, in ARGV order (the first one nearest the head for 'head'); returns them.
 _PUSH_UNIQUE = """
+if ARGV[3] == '1' then
+  for i = 4, #ARGV, 3 do
+    redis.call('LREM', KEYS[5], 0, ARGV[i])
+    redis.call('ZREM', KEYS[6], ARGV[i])
+  end
+end
 local where = ARGV[2]
 local pending, to_scan = {}, 0
-for i = 3, #ARGV, 3 do
+for i = 4, #ARGV, 3 do
   local id = ARGV[i]
   if redis.call('HEXISTS', KEYS[1], id) == 0 and not redis.call('ZSCORE', KEYS[4], id) then
     pending[id] = ARGV[i + 2]
@@ -135,7 +143,7 @@ if to_scan > 0 then
   end
 end
 local out = {}
-for i = 3, #ARGV, 3 do
+for i = 4, #ARGV, 3 do
   local id = ARGV[i]
   if pending[id] then
     pending[id] = nil
@@ -150,7 +158,7 @@ if #out > 0 then
     for j = #out, 1, -1 do redis.call('LPUSH', KEYS[3], out[j]) end
   end
   if where ~= 'delayed' then
-    for k = 5, #KEYS do
+    for k = 7, #KEYS do
       redis.call('LPUSH', KEYS[k], '1')
       redis.call('LTRIM', KEYS[k], 0, 9)
     end
@@ -238,24 +246,30 @@ class Broker:
         pipe.sadd(self.key("queues"), queue)
         pipe.execute()
 
-    def push_unique(self, queue: str, entries: Sequence[tuple[str, float, bool]], where: str = "tail") -> list[str]:
+    def push_unique(self, queue: str, entries: Sequence[tuple[str, float, bool]], where: str = "tail",
+                    move_from: str | None = None) -> list[str]:
         """Push ids to ``queue`` (``tail``/``head`` of its list, or its ``delayed`` set at their due time)
         unless Redis already has them: in flight, delayed, or (when flagged) in the list. Atomic per 1000
         ids; checking the list costs O(its length), so use it for repairs and manual requeues, not on the
         hot path.
 
         :param entries: ``(job id, due unix time, may_be_in_list)``.
+        :param move_from: a queue (this one or another) whose list and delayed set may hold these ids: they are
+            removed from it in the same atomic step, then pushed (a job requeued to another queue never runs from
+            both; a delayed one runs now).
         :return: the ids pushed.
         """
+        moving = bool(move_from)
+        old = move_from or queue
         keys = [self.inflight_key, self.key("queues"), self.queue_key(queue), self.delayed_key(queue),
-                *self.notify_keys(queue)]
+                self.queue_key(old), self.delayed_key(old), *self.notify_keys(queue)]
         seen: set[str] = set()
         unique = [e for e in entries if not (e[0] in seen or seen.add(e[0]))]  # type: ignore[func-returns-value]
         batches = [unique[i:i + 1000] for i in range(0, len(unique), 1000)]
         pushed: list[list[str]] = []
         # For 'head', push the last batch first so that the first id ends nearest the head.
         for batch in (reversed(batches) if where == "head" else batches):
-            args: list[Any] = [queue, where]
+            args: list[Any] = [queue, where, "1" if moving else "0"]
             for job_id, due, scan in batch:
                 args += [job_id, repr(float(due)), "1" if scan else "0"]
             pushed.append([_s(i) for i in self._push_unique(keys=keys, args=args)])

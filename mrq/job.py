@@ -257,8 +257,8 @@ class Job:
             return False
         if rec:
             broker.requeue_inflight([InFlight(str(self.id), "", 0, queue)])
-        else:  # a cancelled job may still have its id in the list: never push it twice
-            broker.push_unique(queue, [(str(self.id), 0.0, True)])
+        else:  # a cancelled job may still have its id in its list: never push it twice, nor leave it behind
+            broker.push_unique(queue, [(str(self.id), 0.0, True)], move_from=self.queue)
         get_plugin_manager().hook.mrq_job_status_changed(job_id=self.id, status=st.QUEUED, fields=fields)
         return True
 

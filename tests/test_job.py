@@ -76,6 +76,18 @@ def test_cancel_and_requeue_without_worker(mrq_config):
     assert job.requeue(queue="other") is True
     assert job.fetch().data["queue"] == "other"
     assert get_broker().list_ids("other") == [str(job_id)]
+    assert get_broker().list_ids("default") == []  # moved, not copied: it would run twice
+
+
+def test_requeue_of_a_delayed_job_moves_it_out_of_its_delayed_set(mrq_config):
+    broker = get_broker()
+    job_id = queue_job(T + "Add", {"a": 1, "b": 2}, delay=600)
+    assert Job(job_id).cancel() is True
+    assert Job(job_id).requeue() is True
+    assert broker.sizes(["default"]) == {"default": (1, 0)}  # runs now, not in 10 minutes (and only once)
+    assert Job(job_id).cancel() is True
+    assert Job(job_id).requeue(queue="elsewhere") is True
+    assert broker.sizes(["default", "elsewhere"]) == {"default": (0, 0), "elsewhere": (1, 0)}
 
 
 def test_requeue_refused_while_running_on_live_worker(mrq_config):

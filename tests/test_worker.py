@@ -191,6 +191,18 @@ def test_requeue_failed_job(mrq_worker):
     assert len(data["traceback_history"]) == 2
 
 
+def test_requeue_to_another_queue_of_a_listed_job_runs_it_once(mrq_worker, tmp_path):
+    """A cancelled job still listed in queue a, requeued to b, with a worker on both: one run."""
+    runs = tmp_path / "runs"
+    job_id = queue_job(T + "Record", {"file": str(runs)}, queue="a")
+    assert Job(job_id).cancel() is True
+    assert Job(job_id).requeue(queue="b") is True
+    mrq_worker.start("--greenlets", "2", queues=("a", "b"))
+    mrq_worker.wait_for_idle()
+    assert Job(job_id).fetch().data["status"] == "success"
+    assert len(runs.read_text().splitlines()) == 1
+
+
 def test_max_concurrency_semaphore(mrq_worker):
     mrq_worker.start("--greenlets", "5")
     ids = queue_jobs(T + "Concurrent", [{"t": 1}] * 4)
