@@ -84,7 +84,7 @@ def queue_jobs(path: str, params_list: Iterable[Mapping[str, Any]], queue: str |
     params_list = list(params_list)
     _check_params(path, params_list)
     config = get_current_config()
-    settings = task_settings(path, config, load=False)
+    settings = task_settings(path, config)
     queue = queue or settings.queue
     if not isinstance(queue, str) or not queue.strip() or " " in queue:
         raise InvalidParams(f"Queue name {queue!r} is invalid: use a non-empty name without spaces.")
@@ -218,7 +218,7 @@ class Job:
         from mrq.task import task_settings
 
         data = self.data if self.data and "path" in self.data else self.fetch(["path"]).data or {}
-        ttl = task_settings(data.get("path", ""), get_current_config(), load=False).cancel_ttl
+        ttl = task_settings(data.get("path", ""), get_current_config()).cancel_ttl
         now = utcnow()
         fields = {"status": st.CANCEL, "dateupdated": now, "dateexpires": now + datetime.timedelta(seconds=ttl)}
         res = _jobs_collection().update_one(

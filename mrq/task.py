@@ -122,13 +122,17 @@ def _exception_class(value: Any, path: str) -> type[BaseException]:
 
 
 def task_settings(path: str, config: dict[str, Any], load: bool = True) -> TaskSettings:
-    """Merge ``TASKS[path]``, the task class attributes and the defaults of ``config``."""
+    """Merge ``TASKS[path]``, the task class attributes and the defaults of ``config``.
+
+    :param load: import the task to read its class attributes. A task that does not import here (a web app
+        enqueuing tasks of another code base) gets the ``TASKS`` entry and the defaults.
+    """
     entry = (config.get("tasks") or {}).get(path, {})
     cls: type | None = None
     if load:
         try:
             cls = _resolve(path)[0]
-        except TaskNotFound:
+        except Exception:  # noqa: BLE001 - not importable here (or broken): the worker reports it when it runs
             cls = None
 
     def pick(key: str, default_key: str | None, fallback: Any = None) -> Any:

@@ -116,3 +116,20 @@ def test_requeue_of_a_cancelled_job_still_in_its_list_pushes_it_once(mrq_config)
     assert Job(job_id).cancel() is True
     assert Job(job_id).requeue() is True
     assert get_broker().list_ids("default") == [str(job_id)]
+
+
+def test_the_task_class_settings_apply_when_enqueuing_and_cancelling(mrq_config):
+    """TASKS, then the class attributes, then the defaults: for queue_job's queue and TTL and cancel's TTL."""
+    job_id = queue_job(T + "Configured", {})
+    data = Job(job_id).fetch().data
+    assert data["queue"] == "classq" and get_broker().list_ids("classq") == [str(job_id)]
+    assert 499 <= (data["dateexpires"] - data["datequeued"]).total_seconds() <= 500
+    assert Job(job_id).cancel() is True
+    data = Job(job_id).fetch().data
+    assert 699 <= (data["dateexpires"] - data["dateupdated"]).total_seconds() <= 700
+    mrq_config["tasks"] = {T + "Configured": {"queue": "tasksq", "default_ttl": 50}}
+    data = Job(queue_job(T + "Configured", {})).fetch().data
+    assert data["queue"] == "tasksq"
+    assert 49 <= (data["dateexpires"] - data["datequeued"]).total_seconds() <= 50
+    data = Job(queue_job("no.such.module.Task", {})).fetch().data  # not importable here: the defaults
+    assert data["queue"] == "default"

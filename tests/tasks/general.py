@@ -136,3 +136,14 @@ class Record(Task):
             log.info("tick %d", i)
             gevent.sleep(0.25)
         return params.get("result", "recorded")
+
+
+class Configured(Task):
+    """Settings given as class attributes (a TASKS entry overrides them)."""
+
+    queue = "classq"
+    default_ttl = 500
+    cancel_ttl = 700
+
+    def run(self, params: dict[str, Any]) -> Any:
+        return "configured"
