@@ -8,7 +8,7 @@ Cluster. Keys:
 ``{p}:q:<queue>``              list    ids waiting to run, popped from the left
 ``{p}:d:<queue>``              zset    delayed ids, scored by the unix time they are due
 ``{p}:n:<queue>``              list    wake-up tokens for idle workers (BLPOP), trimmed to 10
-``{p}:queues``                 set     every queue ever used
+``{p}:queues``                 set     queues with ids waiting or delayed (an emptied queue is forgotten)
 ``{p}:inflight``               hash    job id -> "<worker id> <unix time> <queue>"
 ``{p}:hb:<worker id>``         string  worker heartbeat, expires after ``--heartbeat_ttl``
 ``{p}:kill:<worker id>``       set     ids of running jobs to stop (cancel)
@@ -28,20 +28,22 @@ import redis
 
 __all__ = ["Broker", "InFlight", "AckBatch"]
 
-# KEYS: [1] inflight hash, [2] paused set, then for each queue in priority order the
+# KEYS: [1] inflight hash, [2] paused set, [3] known-queues set, then for each queue in priority order the
 #       triple (queue list, delayed zset, notify list).
 # ARGV: [1] worker id, [2] now (unix seconds), [3] max ids to pop in total,
 #       [4] max ids per queue (parallel strategy; = [3] for sequential), then the queue names.
 # Due delayed ids are moved to their list first (all listed queues), then ids are
-# popped in queue order and recorded in-flight in the same atomic step.
+# popped in queue order and recorded in-flight in the same atomic step. A queue left with
+# neither waiting nor delayed ids is forgotten (removed from the known set, its notify list
+# deleted): every push adds it back in the same atomic step as its ids, so none is missed.
 # Returns a flat list: queue, id, queue, id...
 _DEQUEUE = """
 local worker, now = ARGV[1], ARGV[2]
 local want, per_queue = tonumber(ARGV[3]), tonumber(ARGV[4])
-local nq = (#KEYS - 2) / 3
+local nq = (#KEYS - 3) / 3
 local out = {}
 for i = 1, nq do
-  local qkey, dkey, nkey = KEYS[3 * i], KEYS[3 * i + 1], KEYS[3 * i + 2]
+  local qkey, dkey, nkey = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
   local name = ARGV[4 + i]
   local due = redis.call('ZRANGEBYSCORE', dkey, '-inf', now, 'LIMIT', 0, 1000)
   if #due > 0 then
@@ -53,20 +55,28 @@ for i = 1, nq do
   if (not paused) and slash then
     paused = redis.call('SISMEMBER', KEYS[2], string.sub(name, 1, slash)) == 1
   end
+  local popped = false
   if want > 0 and not paused then
     local ids = redis.call('LPOP', qkey, math.min(want, per_queue))
     if ids then
+      popped = true
       for _, id in ipairs(ids) do
         redis.call('HSET', KEYS[1], id, worker .. ' ' .. now .. ' ' .. name)
         out[#out + 1] = name
         out[#out + 1] = id
       end
       want = want - #ids
-      if redis.call('LLEN', qkey) > 0 then
-        redis.call('LPUSH', nkey, '1')
-        redis.call('LTRIM', nkey, 0, 9)
-      end
     end
+  end
+  local left = redis.call('LLEN', qkey)
+  if left > 0 then
+    if popped then
+      redis.call('LPUSH', nkey, '1')
+      redis.call('LTRIM', nkey, 0, 9)
+    end
+  elseif string.sub(name, -1) ~= '/' and redis.call('ZCARD', dkey) == 0 then
+    redis.call('SREM', KEYS[3], name)
+    redis.call('DEL', nkey)
   end
 end
 return out
@@ -84,20 +94,21 @@ end
 return 0
 """
 
-# KEYS: [1] inflight hash, then for each id its (queue list, notify list).
-# ARGV: [1] expected worker id ('' = any), then the job ids.
+# KEYS: [1] inflight hash, [2] known-queues set, then for each id its (queue list, notify list).
+# ARGV: [1] expected worker id ('' = any), then pairs (job id, queue name).
 # Requeues (at the head of their queue) the ids still in flight on that worker;
 # returns the ids it requeued. Used for orphans and dead workers.
 _REQUEUE_INFLIGHT = """
 local out = {}
-for i = 2, #ARGV do
-  local id = ARGV[i]
+for i = 2, #ARGV, 2 do
+  local id, k = ARGV[i], i + 1
   local rec = redis.call('HGET', KEYS[1], id)
   if rec and (ARGV[1] == '' or string.sub(rec, 1, #ARGV[1] + 1) == ARGV[1] .. ' ') then
     redis.call('HDEL', KEYS[1], id)
-    redis.call('LPUSH', KEYS[2 * i - 2], id)
-    redis.call('LPUSH', KEYS[2 * i - 1], '1')
-    redis.call('LTRIM', KEYS[2 * i - 1], 0, 9)
+    redis.call('LPUSH', KEYS[k], id)
+    redis.call('LPUSH', KEYS[k + 1], '1')
+    redis.call('LTRIM', KEYS[k + 1], 0, 9)
+    redis.call('SADD', KEYS[2], ARGV[i + 1])
     out[#out + 1] = id
   end
 end
@@ -283,19 +294,19 @@ class Broker:
         """Pop up to ``count`` ids from ``queues`` in order and record them in flight."""
         if not queues or count <= 0:
             return []
-        keys = [self.inflight_key, self.key("paused")]
+        keys = [self.inflight_key, self.key("paused"), self.key("queues")]
         for q in queues:
             keys += [self.queue_key(q), self.delayed_key(q), self.key("n", q)]
         flat = self._dequeue(keys=keys, args=[worker_id, repr(time.time()), count, per_queue or count,
                                               *queues])
         return [(_s(flat[i]), _s(flat[i + 1])) for i in range(0, len(flat), 2)]
 
-    def wait(self, queues: Sequence[str], timeout: float) -> bool:
-        """Block until a job is pushed on one of ``queues`` or ``timeout`` seconds pass."""
-        keys: list[str] = []
-        for q in queues:
-            keys.append(self.key("n", q))
-        return self.redis.blpop(keys, timeout=max(timeout, 0.01)) is not None
+    def wait(self, queues: Sequence[str], timeout: float) -> str | None:
+        """Block until a job is pushed on one of ``queues`` or ``timeout`` seconds pass; return the queue whose
+        wake-up list fired (``q/`` for a push to any subqueue of q), or ``None``."""
+        keys = {self.key("n", q): q for q in queues}
+        got = self.redis.blpop(list(keys), timeout=max(timeout, 0.01))
+        return keys.get(_s(got[0])) if got else None
 
     def ack(self, batch: AckBatch) -> None:
         """Apply the Redis side of written statuses in one MULTI: the ids stop being in flight."""
@@ -309,6 +320,7 @@ class Broker:
             pipe.sadd(self.key("queues"), queue)
         for queue, job_id in batch.requeue:
             pipe.lpush(self.queue_key(queue), job_id)
+            pipe.sadd(self.key("queues"), queue)
             for nkey in self.notify_keys(queue):
                 pipe.lpush(nkey, "1")
                 pipe.ltrim(nkey, 0, 9)
@@ -331,10 +343,11 @@ class Broker:
         records = list(records)
         if not records:
             return []
-        keys = [self.inflight_key]
+        keys, args = [self.inflight_key, self.key("queues")], [worker_id]
         for r in records:
             keys += [self.queue_key(r.queue), self.key("n", r.queue)]
-        return [_s(i) for i in self._requeue_inflight(keys=keys, args=[worker_id] + [r.job_id for r in records])]
+            args += [r.job_id, r.queue]
+        return [_s(i) for i in self._requeue_inflight(keys=keys, args=args)]
 
     def heartbeat(self, worker_id: str, ttl: float, value: str = "1") -> list[str]:
         """Refresh the worker's heartbeat and take the kill requests addressed to it."""
@@ -379,6 +392,7 @@ class Broker:
 
     # -- queues
     def known_queues(self) -> list[str]:
+        """Queues with ids waiting or delayed (a queue is forgotten by the dequeue that empties it)."""
         return sorted(_s(q) for q in self.redis.smembers(self.key("queues")))
 
     def sizes(self, queues: Sequence[str]) -> dict[str, tuple[int, int]]:

@@ -266,7 +266,9 @@ class Worker:
                 continue
             self.status = "wait"
             try:
-                self.broker.wait(self.active_queues, max_latency)
+                woken_by = self.broker.wait(self.active_queues, max_latency)
+                if woken_by and woken_by.endswith("/"):
+                    self._refresh_subqueues()  # a push to a subqueue: maybe one this worker does not know yet
             except Exception as exc:  # noqa: BLE001
                 self.log.warning("Waiting for jobs failed (%s: %s); retrying in 1 s", type(exc).__name__, exc)
                 gevent.sleep(1)

@@ -376,3 +376,21 @@ def test_a_dead_kernel_service_stops_the_worker_and_says_so(mrq_worker):
         raise AssertionError("the worker went on with a dead status writer") from None
     assert code == 1
     assert Job(job_id).fetch().data["status"] in ("queued", "success")  # never lost in between
+
+
+def test_a_new_subqueue_is_served_at_once(mrq_worker):
+    """A worker on 'sub/' learns of a subqueue created after it started from the wake-up of the push itself,
+    not at the next periodic refresh (--subqueues_refresh_interval, 10 s)."""
+    import time
+
+    from mrq.context import get_broker
+
+    mrq_worker.start("--subqueues_refresh_interval", "10", queues=("sub/",))
+    first = queue_job(T + "Add", {"a": 1, "b": 1}, queue="sub/first")
+    assert Job(first).wait(timeout=3) == 2
+    started = time.monotonic()
+    job_id = queue_job(T + "Add", {"a": 2, "b": 2}, queue="sub/second")
+    assert Job(job_id).wait(timeout=5) == 4
+    assert time.monotonic() - started < 3
+    mrq_worker.wait_for_idle()
+    assert get_broker().known_queues() == []  # both emptied, both forgotten
