@@ -258,7 +258,12 @@ def test_whitelist_pushes_back_other_tasks(mrq_worker):
     other = queue_job(T + "Add", {"a": 1, "b": 1})
     assert Job(allowed).wait(timeout=10) == 2
     assert Job(other).fetch().data["status"] == "queued"
-    mrq_worker.stop()
+    assert mrq_worker.stop() == 0
+    from mrq.context import get_broker
+    sizes = get_broker().sizes(["default"])["default"]
+    assert sum(sizes) == 1 and get_broker().inflight() == []  # pushed back, not dropped
+    mrq_worker.start()  # a worker that may run it does
+    assert Job(other).wait(timeout=10) == 2
 
 
 def test_max_jobs_and_burst(mrq_worker):
