@@ -16,7 +16,13 @@ Each check (every ``--scheduler_interval`` seconds, in every worker that enables
    new, ...}})``), and queue the job only if the claim matched.
 
 A process queues only the entries of its own config (it has their definition); an entry therefore runs
-as long as one live worker declares it, and stops when the last one stops. The lock keeps the work in one
+as long as one live worker declares it, and stops when the last one stops.
+
+Definitions with the same ``name`` are versions of one entry: of those declared by a live worker (``seen``
+within :data:`LIVE_PERIODS` declaration periods), the one **first declared last** (``datecreated``, then
+the highest hash) runs; the processes declaring another one pass its periods without queueing them. A
+process (re)starting with an older config thus never brings an older definition back while a newer one
+is live, and a rollback takes over once the newer definition's workers are gone. The lock keeps the work in one
 process at a time; the compare-and-set alone guarantees that a period is queued at most once even if two
 processes overlap (a lock that expired during a slow check). Claiming *before* queueing means a process
 killed between the two (SIGKILL, a power cut: a few milliseconds) misses that period instead of running
@@ -43,6 +49,9 @@ __all__ = ["Scheduler", "COLLECTION", "NOW_ENV", "ORPHAN_TTL", "declare_period",
 COLLECTION = "mrq_scheduled_jobs"
 #: Default ``--scheduler_orphan_ttl``: seconds after which an entry that no worker declares is deleted.
 ORPHAN_TTL = 7 * 86400.0
+#: A definition declared within this many declaration periods has a live worker (for named entries).
+LIVE_PERIODS = 3
+_NEVER = dt.datetime.min
 #: Testing aid: an ISO datetime (naive = UTC) at which the scheduler's clock starts in this process;
 #: it then advances with the real (monotonic) time.
 NOW_ENV = "MRQ_SCHEDULER_NOW"
@@ -115,6 +124,8 @@ class Scheduler:
         self.stats: Counter[str] = Counter()
         self.last_check: dt.datetime | None = None
         self.next_runs: dict[str, dt.datetime] = {}
+        #: this process's named entries that a newer live definition of their name supersedes: hash -> its doc
+        self.superseded: dict[str, dict[str, Any]] = {}
         self._stopping = False
         self._busy = False
 
@@ -134,6 +145,7 @@ class Scheduler:
 
     def ensure_index(self) -> None:
         self.collection.create_index([("hash", 1)], unique=True)
+        self.collection.create_index([("name", 1)])
 
     # ------------------------------------------------------------------ one check
     def check(self, at: dt.datetime | None = None) -> list[ObjectId] | None:
@@ -189,10 +201,10 @@ class Scheduler:
         added = [h for h in hashes if h not in stored]
         for h in added:
             entry = self.entries[h]
-            doc = {"hash": h, "path": entry.path, "params": entry.params, "queue": entry.queue,
+            doc = {"hash": h, "name": entry.name, "path": entry.path, "params": entry.params, "queue": entry.queue,
                    "schedule": entry.schedule, "timezone": entry.timezone, "description": entry.describe(),
-                   "datecreated": seen, "seen": seen, "next_run": to_mongo(entry.first_run(at)), "last_run": None,
-                   "datelastqueued": None, "last_job": None, "queued_count": 0}
+                   "datecreated": seen, "seen": seen, "next_run": to_mongo(self.first_run(entry, at)),
+                   "last_run": None, "datelastqueued": None, "last_job": None, "queued_count": 0}
             try:
                 self.collection.insert_one(doc)
             except DuplicateKeyError:  # another process inserted it meanwhile: keep its state
@@ -200,6 +212,16 @@ class Scheduler:
         self.log.info("scheduler: %d entr(ies) of this worker's config added to %s (%d already there)",
                       len(added), COLLECTION, len(hashes) - len(added))
         return added
+
+    def first_run(self, entry: Entry, at: dt.datetime) -> dt.datetime:
+        """When a newly declared entry first runs. A new definition of a named interval entry keeps the entry's
+        rhythm: one interval after the last run of any definition of that name (at once if that is past)."""
+        if entry.name is not None and entry.interval is not None:
+            last = self.collection.find_one({"name": entry.name, "last_run": {"$ne": None}}, {"last_run": 1},
+                                            sort=[("last_run", -1)])
+            if last is not None:
+                return max(at, from_mongo(last["last_run"]) + dt.timedelta(seconds=entry.interval))
+        return entry.first_run(at)
 
     def collect(self, at: dt.datetime) -> list[str]:
         """Delete the entries that no worker declared for ``orphan_ttl`` seconds (never this process's own).
@@ -222,22 +244,71 @@ class Scheduler:
         return [d["hash"] for d in orphans]
 
     def due(self, at: dt.datetime) -> list[dict[str, Any]]:
-        """The documents of this process's entries whose run is due at ``at``."""
-        docs = list(self.collection.find({"hash": {"$in": list(self.entries)}}))
-        self.next_runs = {d["hash"]: d["next_run"] for d in docs}
-        if len(docs) < len(self.entries):  # deleted by another process (mrq-scheduler 1.0, by hand)
+        """The documents of this process's entries whose run is due at ``at`` (superseded ones included: see
+        :attr:`superseded`, updated here)."""
+        query: dict[str, Any] = {"hash": {"$in": list(self.entries)}}
+        names = sorted({e.name for e in self.entries.values() if e.name is not None})
+        if names:
+            query = {"$or": [query, {"name": {"$in": names}}]}
+        docs = list(self.collection.find(query))
+        mine = [d for d in docs if d["hash"] in self.entries]
+        self.next_runs = {d["hash"]: d["next_run"] for d in mine}
+        if len(mine) < len(self.entries):  # deleted by another process (mrq-scheduler 1.0, by hand)
             self.declared_at = None        # insert them again at the next check
+        if names:
+            self.supersede(docs, at)
         limit = to_mongo(at)
-        return [d for d in docs if d.get("next_run") is not None and d["next_run"] <= limit]
+        return [d for d in mine if d.get("next_run") is not None and d["next_run"] <= limit]
+
+    def supersede(self, docs: list[dict[str, Any]], at: dt.datetime) -> None:
+        """Update :attr:`superseded` from ``docs`` (every definition of this process's names): of the
+        definitions of a name that a live worker declares, the one first declared last wins."""
+        live_since = to_mongo(at - dt.timedelta(seconds=LIVE_PERIODS * self.declare_every))
+        newest: dict[str, dict[str, Any]] = {}
+        for d in docs:
+            if d.get("name") is None or not (d["hash"] in self.entries or (d.get("seen") or _NEVER) >= live_since):
+                continue
+            best = newest.get(d["name"])
+            if best is None or (d.get("datecreated") or _NEVER, d["hash"]) > (best.get("datecreated") or _NEVER,
+                                                                               best["hash"]):
+                newest[d["name"]] = d
+        superseded = {h: newest[e.name] for h, e in self.entries.items()
+                      if e.name in newest and newest[e.name]["hash"] != h}
+        for h in superseded.keys() - self.superseded.keys():
+            entry, winner = self.entries[h], superseded[h]
+            self.log.warning("scheduler: %r (%s %s) is not queued by this worker: a newer definition of that name "
+                             "(%s %s, first declared %s UTC) is declared by a running worker; this one takes over "
+                             "when no worker has declared that one for %g s", entry.name, entry.path,
+                             entry.describe(), winner["path"], winner.get("description"),
+                             winner["datecreated"].isoformat(), LIVE_PERIODS * self.declare_every)
+        for h in self.superseded.keys() - superseded.keys():
+            entry = self.entries[h]
+            self.log.info("scheduler: %r (%s %s) is queued by this worker again: no newer definition of that name "
+                          "is declared any more", entry.name, entry.path, entry.describe())
+        self.superseded = superseded
 
     def queue_due(self, at: dt.datetime) -> list[ObjectId]:
         """Queue every due entry (each claim is a compare-and-set, so this is safe without the lock)."""
         ids = []
         for doc in self.due(at):
+            if doc["hash"] in self.superseded:
+                self.pass_period(doc, at)
+                continue
             job_id = self.fire(doc, at)
             if job_id is not None:
                 ids.append(job_id)
         return ids
+
+    def pass_period(self, doc: dict[str, Any], at: dt.datetime) -> None:
+        """Move the next run of a superseded definition forward without queueing: another definition of its
+        name runs these periods, so if this one takes over again it resumes at its next regular time."""
+        entry = self.entries[doc["hash"]]
+        new = to_mongo(entry.next_run(at, previous=from_mongo(doc["next_run"])))
+        passed = self.collection.update_one({"_id": doc["_id"], "next_run": doc["next_run"]},
+                                            {"$set": {"next_run": new}})
+        if passed.matched_count == 1:
+            self.stats["periods_superseded"] += 1
+            self.next_runs[entry.hash] = new
 
     def fire(self, doc: dict[str, Any], at: dt.datetime) -> ObjectId | None:
         """Claim the period of ``doc`` (as read) and queue its job; ``None`` if another process claimed it
@@ -308,7 +379,9 @@ class Scheduler:
             "checks_skipped_locked": self.stats["lock_busy"],
             "claims_lost": self.stats["claims_lost"],
             "errors": self.stats["errors"],
-            "tasks": [{"hash": e.hash, "path": e.path, "queue": e.queue, "schedule": e.describe(),
-                       "queued": self.queued[e.hash], "next_run": self.next_runs.get(e.hash)}
+            "periods_superseded": self.stats["periods_superseded"],
+            "tasks": [{"hash": e.hash, "name": e.name, "path": e.path, "queue": e.queue, "schedule": e.describe(),
+                       "queued": self.queued[e.hash], "next_run": self.next_runs.get(e.hash),
+                       "superseded_by": self.superseded[e.hash]["hash"] if e.hash in self.superseded else None}
                       for e in self.entries.values()],
         }

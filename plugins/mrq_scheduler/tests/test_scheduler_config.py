@@ -24,7 +24,7 @@ def test_valid_config_and_options(tmp_path):
         {{"path": "{T}", "params": {{"a": 1, "b": 2}}, "interval": 60}},
         {{"path": "{T}", "dailytime": datetime.time(9, 30), "weekday": 0, "queue": "q"}},
         {{"path": "{T}", "dailytime": "09:30:15", "monthday": 31, "timezone": "Europe/Paris"}},
-        {{"path": "{T}", "cron": "*/5 8-18 * * mon-fri"}},
+        {{"path": "{T}", "cron": "*/5 8-18 * * mon-fri", "name": "sync"}},
     ]""", "--scheduler_interval", "2.5", "--scheduler_timezone", "Asia/Tokyo", "--scheduler_orphan_ttl", "3600")
     assert config["scheduler_interval"] == 2.5
     assert config["scheduler_orphan_ttl"] == 3600
@@ -58,6 +58,10 @@ def test_valid_config_and_options(tmp_path):
     (f'[{{"path": "{T}", "interval": 5, "params": {{"f": object()}}}}]', "'params' cannot be stored in MongoDB"),
     (f'[{{"path": "{T}", "interval": 5, "queue": "a b"}}]', "'queue' 'a b' must be a non-empty name"),
     (f'[{{"path": "{T}", "intervall": 5}}]', "unknown key(s) ['intervall']"),
+    (f'[{{"path": "{T}", "interval": 5, "name": 3}}]', "'name' must be a non-empty string without surrounding"),
+    (f'[{{"path": "{T}", "interval": 5, "name": " poll"}}]', "not ' poll'"),
+    (f'[{{"path": "{T}", "interval": 5, "name": "poll"}}, {{"path": "{T}", "interval": 9, "name": "poll"}}]',
+     f"SCHEDULER_TASKS[1] ('{T}'): name 'poll' is already the name of SCHEDULER_TASKS[0]: names must be unique"),
     (f'[{{"path": "{T}", "interval": 5, "params": {{"a": 1}}}}, '
      f'{{"path": "{T}", "interval": 5.0, "params": {{"a": 1}}}}]',
      f"SCHEDULER_TASKS[1] ('{T}'): duplicate of SCHEDULER_TASKS[0]"),

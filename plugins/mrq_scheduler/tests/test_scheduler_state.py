@@ -154,11 +154,20 @@ def runs(raw) -> list[dt.datetime]:
     return [d["_id"] for d in found]
 
 
-def simulate(schedule, seconds: range) -> None:
-    """Each second, every process alive then checks: ``schedule(second)`` gives them (they stand for processes)."""
+def simulate(schedule, seconds: range) -> dict:
+    """Each second, every process alive then checks: ``schedule(second)`` gives them (they stand for processes).
+
+    Returns {job id: second queued}."""
+    queued = {}
     for second in seconds:
         for offset, process in enumerate(schedule(second)):
-            process.check(s(second + 0.01 * offset))
+            for job_id in process.check(s(second + 0.01 * offset)) or []:
+                queued[job_id] = second
+    return queued
+
+
+def seconds_of(queued: dict, raw) -> list[int]:
+    return [queued[i] for i in runs(raw) if i in queued]
 
 
 def test_rollout_forward_old_processes_keep_their_entries():
@@ -228,3 +237,42 @@ def test_orphan_ttl_shorter_than_six_declaration_periods_is_refused():
     with pytest.raises(ValueError, match="shorter than 120 s"):
         make([X], interval=20, orphan_ttl=100)
     assert make([X], orphan_ttl=60).orphan_ttl == 60
+
+
+OLD_POLL = {"name": "poll", "path": T, "params": {"a": 20, "b": 0}, "interval": 10}
+NEW_POLL = {"name": "poll", "path": T, "params": {"a": 21, "b": 0}, "interval": 20}
+
+
+def test_named_entry_the_newest_definition_wins_in_both_rollout_directions():
+    old_hash, new_hash = parse_entries([OLD_POLL])[0].hash, parse_entries([NEW_POLL])[0].hash
+    old = make([OLD_POLL])
+    queued = simulate(lambda t: [old], range(25))
+    # forward: the new definition is first declared at 25 s; from then on it alone runs, keeping the entry's
+    # rhythm (last run 20 s + its 20 s interval), and the old process passes its own periods
+    new = make([NEW_POLL])
+    queued |= simulate(lambda t: [old, new], range(25, 65))
+    # backward: an old process (re)starting does not bring the old definition back
+    old = make([OLD_POLL])
+    queued |= simulate(lambda t: [new, old], range(65, 100))
+    assert seconds_of(queued, OLD_POLL) == [0, 10, 20]
+    assert seconds_of(queued, NEW_POLL) == [40, 60, 80]
+    assert old.report()["tasks"][0]["superseded_by"] == new_hash
+    assert old.report()["periods_superseded"] == 3  # 70, 80, 90
+    # rollback complete: the new processes stop at 100 s (last declared 95 s); 3 declaration periods later the
+    # old definition takes over, at its next regular time (no catch-up of the periods the new one had)
+    queued |= simulate(lambda t: [old], range(100, 160))
+    assert seconds_of(queued, OLD_POLL) == [0, 10, 20, 130, 140, 150]
+    assert old.report()["tasks"][0]["superseded_by"] is None
+    docs = state()
+    assert docs[old_hash]["queued_count"] == 6 and docs[new_hash]["queued_count"] == 3
+
+
+def test_named_definitions_first_declared_at_the_same_time_the_highest_hash_wins():
+    low, high = sorted((OLD_POLL, NEW_POLL), key=lambda raw: parse_entries([raw])[0].hash)
+    a, b = make([low]), make([high])
+    a.declare(s(0))  # the lower hash is stored first
+    b.declare(s(0))
+    queued = simulate(lambda t: [a, b], range(1, 31))
+    every = high["interval"]
+    assert seconds_of(queued, high) == [1, *range(every, 31, every)]  # first slot at 0, checked at 1
+    assert seconds_of(queued, low) == []
