@@ -312,7 +312,12 @@ class Scheduler:
 
     def fire(self, doc: dict[str, Any], at: dt.datetime) -> ObjectId | None:
         """Claim the period of ``doc`` (as read) and queue its job; ``None`` if another process claimed it
-        first or queueing failed (then the claim is reverted and the next check retries)."""
+        first or queueing failed (then the claim is reverted and the next check retries).
+
+        The entry's hash and the claimed period (``old``, stored as ``last_run``; a revert keeps it) identify
+        the job: once ``queue_job`` takes a caller-given id that creates nothing if it exists, deriving the id
+        from both makes a retry of this period, after a revert or a SIGKILL between claim and queue, harmless.
+        """
         from mrq.job import queue_job
 
         entry = self.entries[doc["hash"]]
