@@ -7,6 +7,7 @@ only Redis and MongoDB with the others, as separate processes do.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
 import pytest
 from mrq_scheduler.cron import UTC
@@ -243,7 +244,8 @@ OLD_POLL = {"name": "poll", "path": T, "params": {"a": 20, "b": 0}, "interval": 
 NEW_POLL = {"name": "poll", "path": T, "params": {"a": 21, "b": 0}, "interval": 20}
 
 
-def test_named_entry_the_newest_definition_wins_in_both_rollout_directions():
+def test_named_entry_the_newest_definition_wins_in_both_rollout_directions(caplog):
+    caplog.set_level(logging.INFO, logger="mrq.scheduler")
     old_hash, new_hash = parse_entries([OLD_POLL])[0].hash, parse_entries([NEW_POLL])[0].hash
     old = make([OLD_POLL])
     queued = simulate(lambda t: [old], range(25))
@@ -265,6 +267,19 @@ def test_named_entry_the_newest_definition_wins_in_both_rollout_directions():
     assert old.report()["tasks"][0]["superseded_by"] is None
     docs = state()
     assert docs[old_hash]["queued_count"] == 6 and docs[new_hash]["queued_count"] == 3
+    # one warning per old process when superseded, one note when it takes over again
+    messages = [r.getMessage() for r in caplog.records if r.name == "mrq.scheduler"]
+    assert len([m for m in messages if "'poll' (" in m and "is not queued by this worker" in m]) == 2
+    assert len([m for m in messages if "is queued by this worker again" in m]) == 1
+
+
+def test_new_definition_of_a_named_interval_entry_runs_at_once_if_its_rhythm_is_past():
+    old = make([OLD_POLL])                                   # every 10 s: runs at 0
+    queued = simulate(lambda t: [old], range(8))
+    new = make([{**NEW_POLL, "interval": 5}])                # first declared at 8 s: 0 + 5 is past
+    queued |= simulate(lambda t: [old, new], range(8, 20))
+    assert seconds_of(queued, OLD_POLL) == [0]
+    assert seconds_of(queued, {**NEW_POLL, "interval": 5}) == [8, 13, 18]
 
 
 def test_named_definitions_first_declared_at_the_same_time_the_highest_hash_wins():
