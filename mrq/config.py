@@ -203,7 +203,7 @@ OPTIONS: tuple[Option, ...] = (
 #: Keys accepted in an entry of the ``TASKS`` dict.
 TASK_KEYS = frozenset({
     "queue", "timeout", "result_ttl", "abort_ttl", "cancel_ttl", "default_ttl", "max_retries",
-    "retry_delay", "retry_backoff", "retry_max_delay", "retry_on", "max_concurrency",
+    "retry_delay", "retry_backoff", "retry_max_delay", "retry_on", "max_concurrency", "on_max_concurrency",
 })
 
 
@@ -349,6 +349,14 @@ def get_config(command: str = COMMON, argv: Sequence[str] | None = None,
     config.update(extra)
     config["plugins"] = list(plugin_names)
     config["tasks"] = _check_tasks(config.get("tasks"))
+    from mrq.broker import queue_kind  # late: the broker imports redis
+    from mrq.raw import check_raw_queues
+    config["raw_queues"] = check_raw_queues(config.get("raw_queues"))
+    if command == "worker":
+        for queue in config.get("queues") or []:
+            if queue_kind(queue) != "r" and queue.split("/", 1)[0] not in config["raw_queues"]:
+                raise ConfigError(f"Queue {queue!r} is a raw queue (by its name) but RAW_QUEUES has no entry "
+                                  f"{queue.split('/', 1)[0]!r}: add one with a job_factory in mrq-config.py.")
     config["config"] = path or ""
     config["_command"] = command
     config["_flags"] = {k: v for k, v in ns.items() if k not in known}
