@@ -103,6 +103,41 @@ def switch_cost(switches: int = 200_000) -> tuple[float, float]:
     return plain, traced
 
 
+def perform_cost(plugins: list[str], n: int, **extra: Any) -> float:
+    """Seconds per job of the kernel's job path (``Job.perform``: hooks, wrapper, task) in this process, with
+    ``plugins`` enabled and started as in a worker; no server involved (a CPU measurement)."""
+    import logging
+    import tracemalloc
+    from types import SimpleNamespace
+
+    import gevent
+    from bson import ObjectId
+
+    from mrq.context import get_plugin_manager, setup_context
+    from mrq.job import Job
+    from mrq.task import task_settings
+
+    config = setup_context(plugins=plugins, **extra)
+    hook = get_plugin_manager().hook
+    worker = SimpleNamespace(id=ObjectId(), config=config, log=logging.getLogger("bench"), greenlets=50)
+    hook.mrq_worker_start(worker=worker)
+    settings = task_settings(TASK, config)
+
+    def run() -> float:
+        t = time.perf_counter()
+        for i in range(n):
+            Job(None, {"path": TASK, "params": {"x": i}}).perform(settings, worker=worker)  # type: ignore[arg-type]
+            gevent.sleep(0)  # each job ends with a switch in a worker (its greenlet ends)
+        return (time.perf_counter() - t) / n
+
+    try:
+        return gevent.spawn(run).get()
+    finally:
+        hook.mrq_worker_stop(worker=worker)
+        if tracemalloc.is_tracing():
+            tracemalloc.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=3000, help="jobs per run with 50 greenlets (default 3000)")
@@ -149,6 +184,18 @@ def main() -> int:
     if snaps:
         print(f"\ntracemalloc snapshot + comparison, per report interval: {statistics.median(snaps):.0f} ms "
               "(the hub is blocked meanwhile)")
+    n = 20000
+    perform_cost([], 2000)  # warm up
+    costs = {label: statistics.median(perform_cost(plugins, n, **extra) for _ in range(3)) for label, plugins, extra in
+             [("no plugin", [], {}), ("greentrace", ["greentrace"], {}),
+              ("memtrace tracemalloc", ["memtrace"], {"greenlets": 50})]}
+    per_job = 1 / rate("none (50 greenlets)") if results.get("none (50 greenlets)") else None
+    print("\n| job path in-process (Job.perform, no-op task) | µs per job | extra vs no plugin | share of a job's time "
+          "in the 50-greenlet worker |\n|---|---|---|---|")
+    for label, cost in costs.items():
+        extra_us = (cost - costs["no plugin"]) * 1e6
+        share = f"{(cost - costs['no plugin']) / per_job * 100:.1f}%" if per_job and label != "no plugin" else "-"
+        print(f"| {label} | {cost * 1e6:.1f} | {'-' if label == 'no plugin' else f'{extra_us:+.1f}'} | {share} |")
     plain, traced = switch_cost()
     print(f"\nOne greenlet switch: {plain * 1e6:.2f} µs without the greentrace tracer, {traced * 1e6:.2f} µs with it "
           f"(+{(traced - plain) * 1e6:.2f} µs per switch).")
