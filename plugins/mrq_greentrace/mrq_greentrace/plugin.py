@@ -131,7 +131,7 @@ def mrq_add_options() -> list[Option]:
                "greentrace: profile the runs of these task paths with cProfile (comma separated).",
                commands=worker),
         Option("profile_tasks_dir", str, "profiles",
-               "greentrace: folder of the .pstats files of --profile_tasks and --profile.", commands=worker),
+               "greentrace: folder of the .pstats files of --profile_tasks and --profile."),
         Option("profile_tasks_top", int, 20,
                "greentrace: functions (by cumulative time) stored on a profiled job.", commands=worker),
         Option("profile", bool, False,

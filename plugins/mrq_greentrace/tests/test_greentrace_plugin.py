@@ -165,3 +165,10 @@ def test_help_lists_the_options_once_enabled(tmp_path):
     assert proc.returncode == 0
     for flag in ("--trace_greenlets_block_ms", "--profile_tasks", "--profile_tasks_dir", "--profile"):
         assert flag in proc.stdout
+
+
+def test_profile_works_for_mrq_run_too(tmp_path):
+    proc = run_cli("run", "--profile", "--profile_tasks_dir", str(tmp_path), task("fib"), '{"n": 12}', cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip() == "144", proc.stderr
+    assert "mrq --profile: whole-process profile" in proc.stderr and "(fib)" in proc.stderr
+    assert list(tmp_path.glob("mrq-*.pstats"))
