@@ -168,7 +168,7 @@ def test_help_lists_the_options_once_enabled(tmp_path):
 
 
 def test_profile_works_for_mrq_run_too(tmp_path):
-    proc = run_cli("run", "--profile", "--profile_tasks_dir", str(tmp_path), task("fib"), '{"n": 12}', cwd=tmp_path)
-    assert proc.returncode == 0 and proc.stdout.strip() == "144", proc.stderr
+    proc = run_cli("run", "--profile", "--profile_tasks_dir", str(tmp_path), task("fib"), '{"n": 22}', cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip() == "17711", proc.stderr
     assert "mrq --profile: whole-process profile" in proc.stderr and "(fib)" in proc.stderr
     assert list(tmp_path.glob("mrq-*.pstats"))
