@@ -18,7 +18,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import gevent
@@ -62,8 +62,6 @@ class JobStats:
     switches: int = 0
     blocks: int = 0
     worst: Block | None = None
-    profiler: Any = None  # a cProfile.Profile paused while the job's greenlet is switched out
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _format(summary: traceback.StackSummary) -> list[str]:
@@ -96,7 +94,7 @@ class GreenletTracer:
         self._sample: tuple[int, traceback.StackSummary] | None = None
         self._pending: list[Block] = []
         self._main_ident = 0
-        self._stop_watching = False
+        self._watcher = 0  # generation of the watcher thread that should run (0 = none)
         self._block_done = -1  # the run already recorded as a block (by untrack)
 
     # ------------------------------------------------------------------ install
@@ -110,17 +108,17 @@ class GreenletTracer:
         self._previous = greenlet.settrace(self._trace)
         self._installed = True
         if self.block_seconds > 0:
-            self._stop_watching = False
+            self._watcher += 1
             self._main_ident = monkey.get_original("_thread", "get_ident")()
             start = monkey.get_original("_thread", "start_new_thread")
-            start(self._watch, ())
+            start(self._watch, (self._watcher,))
 
     def uninstall(self) -> None:
         """Stop tracing; restores the trace function that was installed before."""
         if self._installed:
             greenlet.settrace(self._previous)
             self._installed = False
-            self._stop_watching = True
+            self._watcher += 1  # the running watcher, if any, ends at its next look
 
     # ------------------------------------------------------------------ jobs
     def track(self, job: Any) -> JobStats:
@@ -230,10 +228,10 @@ class GreenletTracer:
                 traceback.print_exc()
 
     # ------------------------------------------------------------------ the watcher thread
-    def _watch(self) -> None:
+    def _watch(self, generation: int) -> None:
         sleep = monkey.get_original("time", "sleep")
         period = max(0.005, self.block_seconds / 2)
-        while not self._stop_watching:
+        while generation == self._watcher:
             sleep(period)
             count, since, current = self.switch_count, self._since, self._current
             if current is self._hub or (self._sample is not None and self._sample[0] == count):

@@ -98,3 +98,24 @@ def test_previous_trace_function_is_chained_and_restored():
         assert tracer.switch_count == count
     finally:
         greenlet.settrace(previous)
+
+
+def test_the_watcher_thread_runs_only_while_installed_and_only_with_a_threshold():
+    import sys
+
+    def threads() -> int:
+        return len(sys._current_frames())  # threads of _thread too, which threading does not list
+
+    before = threads()
+    tracer = GreenletTracer(0.02)
+    tracer.install()
+    tracer.uninstall()
+    tracer.install()  # re-installed before the first watcher noticed: still one watcher
+    assert threads() == before + 1
+    tracer.uninstall()
+    time.sleep(0.1)
+    assert threads() == before
+    off = GreenletTracer(0)
+    off.install()
+    assert threads() == before
+    off.uninstall()
