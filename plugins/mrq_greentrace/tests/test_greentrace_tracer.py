@@ -106,6 +106,7 @@ def test_the_watcher_thread_runs_only_while_installed_and_only_with_a_threshold(
     def threads() -> int:
         return len(sys._current_frames())  # threads of _thread too, which threading does not list
 
+    time.sleep(0.2)  # watchers of the previous tests look one last time and end
     before = threads()
     tracer = GreenletTracer(0.02)
     tracer.install()
