@@ -111,7 +111,8 @@ def test_the_watcher_thread_runs_only_while_installed_and_only_with_a_threshold(
     tracer = GreenletTracer(0.02)
     tracer.install()
     tracer.uninstall()
-    tracer.install()  # re-installed before the first watcher noticed: still one watcher
+    tracer.install()  # re-installed before the first watcher noticed: it ends at its next look
+    time.sleep(0.05)
     assert threads() == before + 1
     tracer.uninstall()
     time.sleep(0.1)
