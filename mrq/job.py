@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import os
 import random
+import sys
 import time
 import traceback
 from collections.abc import Iterable, Mapping, Sequence
@@ -396,7 +398,7 @@ class Job:
             outcome = Outcome(st.SUCCESS)
         except BaseException as exc:  # noqa: BLE001 - every way a task can end is a status
             self.exception = exc
-            self.traceback = _format_traceback(exc)
+            self.traceback = _format_traceback(exc, self.path)
             outcome = self._outcome_of(exc)
         finally:
             fired = not timer.pending
@@ -468,11 +470,20 @@ class Job:
         return outcome
 
 
-def _format_traceback(exc: BaseException) -> str:
-    """The traceback of a task error, without the frames of pluggy's hook machinery."""
+def _format_traceback(exc: BaseException, path: str = "") -> str:
+    """The traceback of a task error, starting at the task's own code: the frames that led to it (MRQ's, pluggy's,
+    the wrappers of plugins) are left out. Without a frame of the task's module (a task that does not import, a
+    job factory that fails), only pluggy's frames are left out."""
     te = traceback.TracebackException.from_exception(exc)
-    te.stack = traceback.StackSummary.from_list(
-        [f for f in te.stack if "/pluggy/" not in f.filename])
+    frames = [f for f in te.stack if "/pluggy/" not in f.filename]
+    module = sys.modules.get(path.rpartition(".")[0]) if path else None
+    task_file = getattr(module, "__file__", None)
+    if task_file:
+        task_file = os.path.abspath(task_file)
+        first = next((i for i, f in enumerate(frames) if os.path.abspath(f.filename) == task_file), None)
+        if first is not None:
+            frames = frames[first:]
+    te.stack = traceback.StackSummary.from_list(frames)
     return "".join(te.format())
 
 
