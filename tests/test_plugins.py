@@ -38,8 +38,8 @@ RECORDER = "tests.plugins.recorder"
 ALL_HOOKS = [
     "mrq_add_hookspecs", "mrq_add_options", "mrq_configure",
     "mrq_jobs_enqueued",
-    "mrq_worker_start", "mrq_worker_services", "mrq_worker_report", "mrq_worker_stop",
-    "mrq_jobs_dequeued", "mrq_job_execute", "mrq_job_finished", "mrq_job_status_changed",
+    "mrq_worker_start", "mrq_worker_services", "mrq_worker_report", "mrq_redis_data_lost", "mrq_worker_stopping",
+    "mrq_worker_stop", "mrq_jobs_dequeued", "mrq_job_execute", "mrq_job_finished", "mrq_job_status_changed",
 ]
 
 
@@ -453,6 +453,10 @@ def test_hooks_end_to_end(recorded_run):
     assert hooks.count("service_ran") == 1 and hooks.count("mrq_worker_start") == 1
     stop = index(there, "mrq_worker_stop")
     assert hooks.count("mrq_worker_stop") == 1
+    stopping = index(there, "mrq_worker_stopping")
+    assert hooks.count("mrq_worker_stopping") == 1 and start < stopping < stop
+    assert there[stopping]["reason"] == "signal" and there[stopping]["worker"] == worker_id
+    assert hooks.count("mrq_redis_data_lost") == 1  # a fresh Redis: the first worker set MRQ's marker key
     job_hooks = {"mrq_jobs_dequeued", "mrq_job_execute", "mrq_job_finished", "mrq_job_status_changed"}
     assert all(start < i < stop for i, h in enumerate(hooks) if h in job_hooks)
     assert there[-1]["hook"] == "mrq_worker_report" and there[-1]["status"] == "stop"  # the final report
@@ -507,6 +511,35 @@ def test_hook_mrq_jobs_enqueued_batches(mrq_config, tmp_path, monkeypatch):
     assert [len(r["job_ids"]) for r in enqueued] == [1000, 500]
     assert [i for r in enqueued for i in r["job_ids"]] == [str(i) for i in ids]
     assert {(r["queue"], r["delay"], r["path"]) for r in enqueued} == {("batchq", 30.0, T + "Add")}
+
+
+def test_hook_mrq_redis_data_lost_once_per_loss_and_mrq_worker_stopping_reasons(mrq_worker_factory, tmp_path):
+    """Two workers; Redis loses its data (FLUSHALL): exactly one of them is called, once. A worker that reaches
+    --max_jobs says so to mrq_worker_stopping."""
+    from mrq.context import get_broker
+    from mrq.testing import wait_until
+
+    files = [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
+    workers = [mrq_worker_factory({"MRQ_RECORDER_FILE": str(f)}).start("--plugins", RECORDER) for f in files]
+
+    def lost() -> int:
+        return sum(len(by_hook(read_records(f), "mrq_redis_data_lost")) for f in files)
+
+    wait_until(lambda: lost() == 1, what="the first start noticed")
+    get_broker().redis.flushall()
+    wait_until(lambda: lost() == 2, what="the loss noticed")
+    import time
+    time.sleep(1)
+    assert lost() == 2  # once per loss, across workers
+    for w in workers:
+        assert w.stop() == 0
+    single = tmp_path / "max.jsonl"
+    worker = mrq_worker_factory({"MRQ_RECORDER_FILE": str(single)})
+    worker.start("--plugins", RECORDER, "--max_jobs", "1", wait=False)
+    from mrq.job import queue_job
+    queue_job(T + "Add", {"a": 1, "b": 1})
+    assert worker.proc.wait(30) == 0
+    assert [r["reason"] for r in by_hook(read_records(single), "mrq_worker_stopping")] == ["max_jobs"]
 
 
 def test_hook_mrq_worker_start_failure_stops_the_worker(mrq_worker):
