@@ -139,18 +139,37 @@ def test_listing_imports_nothing(dist_dir, monkeypatch):
     assert RECORDER not in sys.modules
 
 
-def test_enable_by_entry_point_name_with_monkeypatched_listing(monkeypatch):
-    class FakeEntryPoint:
-        value = RECORDER
-        dist = type("Dist", (), {"version": "9.9"})()
+def test_disabled_plugins_are_never_imported(dist_dir, monkeypatch):
+    """stevedore's NamedExtensionManager imports only the names it is given: enabling 'recorder' imports neither
+    'marker' nor 'broken' (which would fail), and listing imports nothing."""
+    info = dist_dir / "mrq_marker-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mrq-marker\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\nmarker = tests.plugins.import_marker\n")
+    monkeypatch.delitem(sys.modules, "tests.plugins.import_marker", raising=False)
+    config = cfg("--plugins", "recorder")
+    assert config.plugin_manager.enabled == ["recorder"]
+    assert {r["name"] for r in config.plugin_manager.describe()} >= {"recorder", "broken", "marker"}
+    assert "tests.plugins.import_marker" not in sys.modules
+    assert cfg("--plugins", "marker").plugin_manager.enabled == ["marker"]
+    assert "tests.plugins.import_marker" in sys.modules
 
-        def load(self) -> Any:
-            return recorder
 
-    monkeypatch.setattr("mrq.plugins.installed_plugins", lambda: {"rec": FakeEntryPoint()})
-    pm = cfg("--plugins", "rec").plugin_manager
-    assert pm.describe()[0] | {"hooks": []} == {"name": "rec", "version": "9.9", "enabled": True, "hooks": [],
-                                                "source": RECORDER}
+def test_a_plugin_installed_after_a_first_run_is_found_by_the_next_process(tmp_path):
+    """stevedore caches the entry points on disk, keyed by sys.path and the installed distributions' metadata
+    files: a distribution installed after a run is listed by the next process."""
+    site, cache = tmp_path / "later-site", tmp_path / "cache"
+    site.mkdir()
+    env = {"XDG_CACHE_HOME": str(cache)}
+    first = run_cli("plugins", env=env, pythonpath=[str(site)])
+    assert first.returncode == 0 and "latecomer" not in first.stdout, first.stderr
+    assert list((cache / "python-entrypoints").iterdir())  # the cache was written
+    info = site / "mrq_latecomer-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mrq-latecomer\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\nlatecomer = {RECORDER}\n")
+    second = run_cli("plugins", env=env, pythonpath=[str(site)])
+    assert f"latecomer 0.1 [disabled] ({RECORDER})" in second.stdout, second.stdout + second.stderr
 
 
 def test_unknown_name_lists_installed_plugins(dist_dir):
