@@ -195,7 +195,8 @@ return 1
 # KEYS: [1] inflight hash, [2] known-queues set, then for each record its (target queue key, notify list).
 # ARGV: [1] expected worker id ('' = any), then triples (job id, target queue name, how): how 'r' pushes the id
 # at the head of the target list (a regular job, or a raw job converted to one); 'l', 's', 'z', 't' push a raw
-# job's payload (read from its in-flight record) back into its raw queue of that kind, with its score.
+# job's payload (read from its in-flight record) back into its raw queue of that kind, with its score; 'x' only
+# drops the record (a job that must not run again).
 # Only ids still in flight (on that worker) are requeued; returns them. Used for orphans and dead workers.
 _REQUEUE_INFLIGHT = """
 local out = {}
@@ -205,7 +206,11 @@ for i = 2, #ARGV, 3 do
   local rec = redis.call('HGET', KEYS[1], id)
   if rec and (ARGV[1] == '' or string.sub(rec, 1, #ARGV[1] + 1) == ARGV[1] .. ' ') then
     local pushed = true
-    if how == 'r' then
+    if how == 'x' then
+      redis.call('HDEL', KEYS[1], id)
+      out[#out + 1] = id
+      pushed = false
+    elseif how == 'r' then
       redis.call('LPUSH', KEYS[k], id)
     else
       local score, payload = string.match(rec, '^%S+ %S+ %S+ (%S+) (.*)$')
@@ -522,21 +527,24 @@ class Broker:
         return out
 
     def requeue_inflight(self, records: Iterable[InFlight], worker_id: str = "",
-                         as_regular: Mapping[str, str] | None = None) -> list[str]:
+                         as_regular: Mapping[str, str] | None = None, drop: Iterable[str] = ()) -> list[str]:
         """Put in-flight jobs back, if still in flight (on ``worker_id``): a regular id at the head of its queue,
         a raw job's payload back into its raw queue (with its score).
 
         :param as_regular: ``{raw job id: queue}``: raw jobs whose document exists (a stored status), requeued as
             regular jobs on that queue instead (their payload would run again under a new id).
-        :return: the ids requeued.
+        :param drop: ids whose record is only removed (jobs that must not run again).
+        :return: the ids requeued (or dropped).
         """
         records = list(records)
         if not records:
             return []
-        as_regular = as_regular or {}
+        as_regular, drop = as_regular or {}, set(drop)
         keys, args = [self.inflight_key, self.key("queues")], [worker_id]
         for r in records:
-            if r.payload is None or r.job_id in as_regular:
+            if r.job_id in drop:
+                target, how = r.queue, "x"
+            elif r.payload is None or r.job_id in as_regular:
                 target, how = as_regular.get(r.job_id, r.queue), "r"
             else:
                 target, how = r.queue, queue_kind(r.queue)

@@ -151,6 +151,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("default_job_result_ttl", float, 7 * 86400.0, "Seconds a successful job document is kept."),
     Option("default_job_abort_ttl", float, 86400.0, "Seconds an aborted job document is kept."),
     Option("default_job_cancel_ttl", float, 86400.0, "Seconds a cancelled job document is kept."),
+    Option("max_worker_deaths", int, 3,
+           "A job running when its worker died this many times (SIGKILL, OOM, segfault, --max_memory) ends as "
+           "'maxworkerdeaths' instead of being requeued again (0 = never)."),
     # -- worker
     Option("queues", list, ["default"], "Queues to dequeue from, highest priority first; 'q/' = every "
            "subqueue of q.", commands=("worker",), positional=True),

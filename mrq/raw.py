@@ -24,7 +24,8 @@ A raw job's document is created only when it reaches a status not in ``statuses_
 ``("started", "success")`` a job that succeeds costs no MongoDB operation at all, and a failure is stored with
 its params and traceback. Once stored, a raw job is a regular job (a retry or an interrupt requeues it on
 ``retry_queue``). A raw job in flight on a worker that dies is pushed back into its raw queue (or requeued on
-``retry_queue`` if its document exists) by :func:`requeue_inflight`, which the cleaning plugin calls.
+``retry_queue`` if its document exists) by :func:`mrq.recovery.requeue_inflight`, which the cleaning plugin
+calls.
 
 ``pushback_seconds`` (timed sets): a due member is re-scored to now + pushback instead of being removed, so it
 runs again unless the task removes it (``remove_raw_jobs``): at-least-once without the in-flight record.
@@ -37,11 +38,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from mrq import status as st
-from mrq.broker import InFlight, queue_kind
+from mrq.broker import queue_kind
 from mrq.exceptions import ConfigError, InvalidParams
 
 __all__ = ["queue_raw_jobs", "remove_raw_jobs", "raw_settings", "RawQueueSettings", "is_raw_queue",
-           "requeue_inflight", "check_raw_queues", "RAW_QUEUE_KEYS"]
+           "check_raw_queues", "RAW_QUEUE_KEYS"]
 
 #: Keys accepted in an entry of ``RAW_QUEUES`` (the original's ``has_subqueues``, ``notify`` and
 #: ``dashboard_graph`` are accepted and have no effect: subqueues and wake-ups are always on).
@@ -187,25 +188,3 @@ def remove_raw_jobs(queue: str, payloads: Iterable[Any]) -> int:
         else:
             pipe.zrem(key, payload)
     return int(sum(pipe.execute()))
-
-
-def requeue_inflight(records: Iterable[InFlight], worker_id: str = "") -> list[str]:
-    """Requeue in-flight jobs (of a dead worker, or that a worker popped and did not run): regular ids at the head
-    of their queue; raw jobs back into their raw queue, or, if a status of theirs was stored, as regular jobs on
-    their ``retry_queue`` (their payload would otherwise run again under a new id, next to the stored one). Only
-    jobs still in flight (on ``worker_id``) are requeued; returns their ids.
-
-    Costs one ``find`` in MongoDB when there are raw jobs among ``records``, and one Lua call in Redis.
-    """
-    from bson import ObjectId
-
-    from mrq.context import connections, get_broker
-    from mrq.job import JOBS
-
-    records = list(records)
-    raw = [r for r in records if r.payload is not None]
-    as_regular: dict[str, str] = {}
-    if raw:
-        docs = connections.mongodb_jobs[JOBS].find({"_id": {"$in": [ObjectId(r.job_id) for r in raw]}}, {"queue": 1})
-        as_regular = {str(d["_id"]): d.get("queue") or "default" for d in docs}
-    return get_broker().requeue_inflight(records, worker_id, as_regular)

@@ -42,14 +42,15 @@ from mrq.exceptions import CancelInterrupt, JobInterrupt, MaxConcurrencyInterrup
 from mrq.indexes import ensure_indexes
 from mrq.job import JOBS, Job, Outcome, RawJob, utcnow
 from mrq.logger import JobLogHandler
-from mrq.raw import raw_settings, requeue_inflight
+from mrq.raw import raw_settings
+from mrq.recovery import WORKER_DIED, death_entry, requeue_inflight
 from mrq.task import TaskSettings, task_settings
 from mrq.writer import StatusWriter
 
 __all__ = ["Worker", "WORKERS"]
 
 WORKERS = "mrq_workers"
-_FETCH_FIELDS = ["path", "params", "queue", "status", "retry_count", "datequeued"]
+_FETCH_FIELDS = ["path", "params", "queue", "status", "retry_count", "datequeued", "worker_deaths"]
 
 
 class Worker:
@@ -73,6 +74,7 @@ class Worker:
         self._graceful = False
         self._stopping = False
         self.stop_reason: str | None = None
+        self._memory_kill = False
         self._main: gevent.Greenlet | None = None
         self._services: list[gevent.Greenlet] = []
         self._settings: dict[str, TaskSettings] = {}
@@ -451,6 +453,8 @@ class Worker:
         ``statuses_no_storage`` names it (and always once one of its statuses was stored); an interrupted raw job
         that stores nothing goes back into its raw queue."""
         assert job.id is not None
+        if self._memory_kill and outcome.status == st.INTERRUPT:
+            outcome = self._count_death(job)
         raw = job.raw
         if raw is None:
             self.writer.finished(job.id, outcome)
@@ -459,6 +463,26 @@ class Worker:
         if not store and outcome.requeue:
             outcome.requeue, outcome.raw_push = None, raw.push_back()
         self.writer.finished(job.id, outcome, insert=raw.insert(job) if store else None, store=store)
+
+    def _count_death(self, job: Job) -> Outcome:
+        """An interrupt for --max_memory counts as a worker death (see :mod:`mrq.recovery`)."""
+        deaths = int((job.data or {}).get("worker_deaths") or 0) + 1
+        limit = int(self.config.get("max_worker_deaths") or 0)
+        entry = death_entry(self.id, f"Interrupted: the worker's memory ({self.memory_mb()} MB) stayed above "
+                                     f"--max_memory {self.config.get('max_memory')} MB while this job ran.", utcnow())
+        if limit and deaths >= limit:
+            job.traceback = (f"This job was running when its worker died or blew its --max_memory {deaths} times "
+                             "(--max_worker_deaths): it is probably the cause. It will not run again by itself: fix "
+                             "it, then requeue it. The deaths are in traceback_history.")
+            outcome = job._complete(Outcome(st.MAXWORKERDEATHS))
+            outcome.set["exceptiontype"] = WORKER_DIED
+            self.log.error("Job %s %s: %d worker deaths: %s, not requeued", job.id, job.path, deaths,
+                           st.MAXWORKERDEATHS)
+        else:
+            outcome = job._complete(Outcome(st.INTERRUPT, requeue=job.queue))
+        outcome.set["worker_deaths"] = deaths
+        outcome.push_history = entry
+        return outcome
 
     def _on_written(self, written: list[tuple[ObjectId, str, dict[str, Any]]]) -> None:
         hook = self.plugins.hook.mrq_job_status_changed
@@ -544,9 +568,20 @@ class Worker:
         while True:
             gevent.sleep(interval if interval > 0 else 3600)
             self._requeue_orphans()
-            if max_memory and self.memory_mb() > max_memory and not self._graceful:
-                self.log.warning("Memory %d MB above --max_memory %d MB: stopping", self.memory_mb(), max_memory)
+            if not max_memory or self.memory_mb() <= max_memory:
+                continue
+            if not self._graceful:
+                self.log.warning("Memory %d MB above --max_memory %d MB: stopping (no new jobs; the running ones "
+                                 "have %.0f s to end)", self.memory_mb(), max_memory, interval)
                 self.stop(graceful=True, reason="max_memory")
+            elif self.jobs and not self._stopping:
+                # Still above the limit one interval later, with jobs running: they are the likely cause. They are
+                # interrupted and each counts a worker death, so that one that blows up memory every time ends as
+                # maxworkerdeaths instead of taking down worker after worker.
+                self.log.error("Memory %d MB still above --max_memory %d MB: interrupting %d running job(s), each "
+                               "counted as a worker death", self.memory_mb(), max_memory, len(self.jobs))
+                self._memory_kill = True
+                self.stop(graceful=False, reason="max_memory")
 
     def memory_mb(self) -> int:
         return int(self._process.memory_info().rss / 1024 / 1024)

@@ -13,7 +13,8 @@ from mrq.context import connections, get_broker, setup_context
 from mrq.exceptions import ConfigError, InvalidParams
 from mrq.job import Job, queue_job
 from mrq.queue import Queue
-from mrq.raw import check_raw_queues, queue_raw_jobs, remove_raw_jobs, requeue_inflight
+from mrq.raw import check_raw_queues, queue_raw_jobs, remove_raw_jobs
+from mrq.recovery import requeue_inflight
 from mrq.testing import wait_until
 
 CONFIG = str(Path(__file__).parent / "configs" / "raw.py")

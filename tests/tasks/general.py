@@ -160,3 +160,24 @@ class Throttled(Task):
         start = time.time()
         gevent.sleep(params.get("t", 0.3))
         return [start, time.time()]
+
+
+class Crash(Task):
+    """Kills its worker process (SIGABRT, as a crash in native code would), after recording the run."""
+
+    def run(self, params: dict[str, Any]) -> Any:
+        with open(params["file"], "a") as f:
+            f.write(f"{os.getpid()}\n")
+        os.abort()
+
+
+class Hog(Task):
+    """Allocates 20 MB every 0.1 s until stopped (a memory blow-up), after recording the run."""
+
+    def run(self, params: dict[str, Any]) -> Any:
+        with open(params["file"], "a") as f:
+            f.write(f"{os.getpid()}\n")
+        hoard = []
+        while True:
+            hoard.append(bytearray(20 * 1024 * 1024))
+            gevent.sleep(0.1)

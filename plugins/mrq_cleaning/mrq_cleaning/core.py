@@ -30,7 +30,7 @@ from mrq import status as st
 from mrq.broker import Broker
 from mrq.context import connections, get_broker, get_current_config
 from mrq.job import JOBS, utcnow
-from mrq.raw import requeue_inflight
+from mrq.recovery import requeue_dead_worker_jobs
 from mrq.task import task_settings
 
 __all__ = ["Cleaner", "DEFAULTS", "push_if_absent", "chunks"]
@@ -166,20 +166,17 @@ class Cleaner:
                 continue
             mine = [r for r in records if r.worker_id == worker_id]
             for batch in chunks(mine, _BATCH):
-                # Raw jobs go back into their raw queue (or, if a status of theirs is stored, onto their
-                # retry_queue); their documents, if any, are then set back to queued like the others.
-                ids = requeue_inflight(batch, worker_id)
-                if not ids:
-                    continue
-                oid = ObjectId(worker_id) if ObjectId.is_valid(worker_id) else worker_id
-                self._set_queued([ObjectId(i) for i in ids], {
-                    "$or": [{"status": {"$in": [st.QUEUED, st.RETRY, st.INTERRUPT]}},
-                            {"status": st.STARTED, "worker": {"$in": [oid, None]}}]})
+                # The kernel counts the death on each job and stops requeueing a job that killed
+                # --max_worker_deaths workers; raw jobs go back into their raw queue.
+                result = requeue_dead_worker_jobs(batch, worker_id, self.config.get("max_worker_deaths"))
+                ids, poisoned = result["requeued"], result["poisoned"]
                 total += len(ids)
                 self.counters["dead_worker"] += len(ids)
                 self.counters["requeued"] += len(ids)
-                self.log.warning("cleaning: requeued %d job(s) in flight on dead worker %s: %s", len(ids),
-                                 worker_id, " ".join(ids))
+                self.counters["poisoned"] += len(poisoned)
+                if ids:
+                    self.log.warning("cleaning: requeued %d job(s) in flight on dead worker %s: %s", len(ids),
+                                     worker_id, " ".join(ids))
         return total
 
     def _set_queued(self, oids: list[ObjectId], condition: dict[str, Any]) -> int:
