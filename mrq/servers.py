@@ -38,6 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 __all__ = [
     "STANDARD_PORTS",
     "MongoServer",
+    "RedisClusterServers",
     "RedisServer",
     "ServerError",
     "ServerNotAvailable",
@@ -344,7 +345,9 @@ class RedisServer(_ServerProcess):
     """A ``redis-server`` subprocess on 127.0.0.1.
 
     Without ``persistent`` nothing is ever written to disk (``--save "" --appendonly no``); with it,
-    the append-only file in ``data_dir`` keeps the data across :meth:`restart`.
+    the append-only file in ``data_dir`` keeps the data across :meth:`restart`. With ``cluster`` it is a
+    Redis Cluster node (``--cluster-enabled yes``; its ``nodes.conf`` in ``data_dir`` keeps its identity
+    across :meth:`restart`): see :class:`RedisClusterServers`.
     """
 
     kind = "redis"
@@ -356,9 +359,11 @@ class RedisServer(_ServerProcess):
         port: int | None = None,
         data_dir: str | Path | None = None,
         persistent: bool = False,
+        cluster: bool = False,
     ) -> None:
         super().__init__(port=port, data_dir=data_dir)
         self.persistent = persistent
+        self.cluster = cluster
 
     @property
     def url(self) -> str:
@@ -373,6 +378,8 @@ class RedisServer(_ServerProcess):
             "--save", "",
             "--appendonly", "yes" if self.persistent else "no",
             "--dir", str(self.data_dir),
+            *(["--cluster-enabled", "yes", "--cluster-config-file", str(self.data_dir / "nodes.conf"),
+                "--cluster-node-timeout", "5000"] if self.cluster else []),
         ]  # fmt: skip
 
     def ping(self) -> bool:
@@ -383,6 +390,95 @@ class RedisServer(_ServerProcess):
                 return sock.recv(64).startswith(b"+PONG")
         except OSError:
             return False
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is valid and free too."""
+    while True:
+        port = free_port()
+        if port + 10000 <= 65535 and not _port_in_use(port + 10000):
+            return port
+
+
+class RedisClusterServers:
+    """``size`` Redis Cluster nodes on 127.0.0.1 made into one cluster: the slots shared evenly, no replicas.
+
+    :meth:`start` starts the nodes and, the first time, joins them (``redis-cli --cluster create``, or the
+    same by hand without redis-cli), then waits until every node says ``cluster_state:ok``. ``uri`` is the
+    ``redis+cluster://`` URI of the nodes. A stopped node can be started again: it keeps its slots.
+    """
+
+    def __init__(self, size: int = 3, persistent: bool = False) -> None:
+        self.nodes = [RedisServer(port=_cluster_port(), persistent=persistent, cluster=True) for _ in range(size)]
+        self._created = False
+
+    @property
+    def uri(self) -> str:
+        return "redis+cluster://" + ",".join(f"{HOST}:{node.port}" for node in self.nodes)
+
+    def start(self, timeout: float = 30) -> RedisClusterServers:
+        for node in self.nodes:
+            node.start()
+        if not self._created:
+            self._create()
+            self._created = True
+        self.wait_ok(timeout)
+        return self
+
+    def _create(self) -> None:
+        import redis  # imported lazily: keeps importing this module cheap
+
+        cli = shutil.which("redis-cli")
+        if cli:
+            subprocess.run([cli, "--cluster", "create", *(f"{HOST}:{n.port}" for n in self.nodes),
+                            "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+            return
+        per = 16384 // len(self.nodes)
+        for i, node in enumerate(self.nodes):
+            client = redis.Redis(host=HOST, port=node.port)
+            end = 16384 if i == len(self.nodes) - 1 else (i + 1) * per
+            client.execute_command("CLUSTER ADDSLOTSRANGE", i * per, end - 1)
+            if i:
+                client.execute_command("CLUSTER MEET", HOST, self.nodes[0].port)
+            client.close()
+
+    def wait_ok(self, timeout: float = 30) -> None:
+        """Wait until every node says ``cluster_state:ok``."""
+        import redis
+
+        deadline = time.monotonic() + timeout
+        states: list[str] = []
+        while time.monotonic() < deadline:
+            states = []
+            for node in self.nodes:
+                client = redis.Redis(host=HOST, port=node.port, socket_timeout=5)
+                try:
+                    states.append(client.cluster("info")["cluster_state"])
+                except redis.RedisError as exc:
+                    states.append(repr(exc))
+                finally:
+                    client.close()
+            if all(state == "ok" for state in states):
+                return
+            time.sleep(0.1)
+        raise ServerError(f"Redis Cluster on ports {[n.port for n in self.nodes]} not ok after {timeout:g} s: "
+                          f"{states}. Node logs are in {[str(n.log_path) for n in self.nodes]}.")
+
+    def flushall(self) -> None:
+        """Empty every node."""
+        import redis
+
+        for node in self.nodes:
+            client = redis.Redis(host=HOST, port=node.port, socket_timeout=10)
+            try:
+                client.flushall()
+            finally:
+                client.close()
+
+    def cleanup(self) -> None:
+        """Stop every node and delete their data."""
+        for node in self.nodes:
+            node.cleanup()
 
 
 class MongoServer(_ServerProcess):
