@@ -364,6 +364,8 @@ class RedisServer(_ServerProcess):
         super().__init__(port=port, data_dir=data_dir)
         self.persistent = persistent
         self.cluster = cluster
+        #: A cluster node unreachable that long is failing (its replica takes over).
+        self.cluster_node_timeout_ms = 5000
 
     @property
     def url(self) -> str:
@@ -379,7 +381,8 @@ class RedisServer(_ServerProcess):
             "--appendonly", "yes" if self.persistent else "no",
             "--dir", str(self.data_dir),
             *(["--cluster-enabled", "yes", "--cluster-config-file", str(self.data_dir / "nodes.conf"),
-                "--cluster-node-timeout", "5000"] if self.cluster else []),
+                "--cluster-node-timeout", str(self.cluster_node_timeout_ms), "--repl-diskless-sync-delay", "0"]
+              if self.cluster else []),
         ]  # fmt: skip
 
     def ping(self) -> bool:
@@ -401,46 +404,71 @@ def _cluster_port() -> int:
 
 
 class RedisClusterServers:
-    """``size`` Redis Cluster nodes on 127.0.0.1 made into one cluster: the slots shared evenly, no replicas.
+    """Redis Cluster nodes on 127.0.0.1 made into one cluster: ``primaries`` nodes share the slots evenly, each
+    with ``replicas`` replica nodes, which take over a primary unreachable for ``node_timeout`` seconds.
 
     :meth:`start` starts the nodes and, the first time, joins them (``redis-cli --cluster create``, or the
     same by hand without redis-cli), then waits until every node says ``cluster_state:ok``. ``uri`` is the
-    ``redis+cluster://`` URI of the nodes. A stopped node can be started again: it keeps its slots.
+    ``redis+cluster://`` URI of the nodes. A stopped node can be started again: it keeps its place.
     """
 
-    def __init__(self, size: int = 3, persistent: bool = False) -> None:
-        self.nodes = [RedisServer(port=_cluster_port(), persistent=persistent, cluster=True) for _ in range(size)]
+    def __init__(self, primaries: int = 3, replicas: int = 0, persistent: bool = False,
+                 node_timeout: float = 5.0) -> None:
+        self.primaries, self.replicas = primaries, replicas
+        self.nodes = [RedisServer(port=_cluster_port(), persistent=persistent, cluster=True)
+                      for _ in range(primaries * (1 + replicas))]
+        for node in self.nodes:
+            node.cluster_node_timeout_ms = int(node_timeout * 1000)
         self._created = False
 
     @property
     def uri(self) -> str:
         return "redis+cluster://" + ",".join(f"{HOST}:{node.port}" for node in self.nodes)
 
+    def node(self, port: int) -> RedisServer:
+        """The node listening on ``port``."""
+        return next(node for node in self.nodes if node.port == port)
+
     def start(self, timeout: float = 30) -> RedisClusterServers:
         for node in self.nodes:
             node.start()
         if not self._created:
-            self._create()
+            self._create(timeout)
             self._created = True
         self.wait_ok(timeout)
         return self
 
-    def _create(self) -> None:
+    def _create(self, timeout: float) -> None:
         import redis  # imported lazily: keeps importing this module cheap
 
         cli = shutil.which("redis-cli")
         if cli:
             subprocess.run([cli, "--cluster", "create", *(f"{HOST}:{n.port}" for n in self.nodes),
-                            "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+                            "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                           check=True, capture_output=True, timeout=60)
             return
-        per = 16384 // len(self.nodes)
-        for i, node in enumerate(self.nodes):
-            client = redis.Redis(host=HOST, port=node.port)
-            end = 16384 if i == len(self.nodes) - 1 else (i + 1) * per
-            client.execute_command("CLUSTER ADDSLOTSRANGE", i * per, end - 1)
-            if i:
+        clients = [redis.Redis(host=HOST, port=n.port, socket_timeout=10) for n in self.nodes]
+        try:
+            per = 16384 // self.primaries
+            for i, client in enumerate(clients[:self.primaries]):
+                end = 16384 if i == self.primaries - 1 else (i + 1) * per
+                client.execute_command("CLUSTER ADDSLOTSRANGE", i * per, end - 1)
+            for client in clients[1:]:
                 client.execute_command("CLUSTER MEET", HOST, self.nodes[0].port)
-            client.close()
+            deadline = time.monotonic() + timeout
+            for i, client in enumerate(clients[self.primaries:]):
+                primary = clients[i % self.primaries].execute_command("CLUSTER MYID")
+                while True:  # a node replicates only a primary it has heard of
+                    try:
+                        client.execute_command("CLUSTER REPLICATE", primary)
+                        break
+                    except redis.ResponseError:
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.1)
+        finally:
+            for client in clients:
+                client.close()
 
     def wait_ok(self, timeout: float = 30) -> None:
         """Wait until every node says ``cluster_state:ok``."""

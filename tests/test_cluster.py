@@ -129,7 +129,7 @@ def test_commands_wait_through_an_outage_of_the_cluster() -> None:
             except Exception as exc:  # noqa: BLE001 - reported by the assertion below
                 results[name] = exc
 
-        for down in ([n for n in servers.nodes if n.port == slot_port], servers.nodes):
+        for down in ([servers.node(slot_port)], servers.nodes):
             results.clear()
             for node in down:
                 node.stop()
@@ -149,6 +149,37 @@ def test_commands_wait_through_an_outage_of_the_cluster() -> None:
             assert not any(isinstance(r, Exception) for r in results.values()), results
             assert results["transaction"] == []
         assert sorted(r.job_id for r in broker.inflight("w")) == ["a", "b"]
+        client.close()
+
+        for node in servers.nodes:  # a client made while no node answers waits for the cluster's layout
+            node.stop()
+        made: list[Any] = []
+        thread = threading.Thread(target=lambda: made.append(make_redis(servers.uri)))
+        thread.start()
+        time.sleep(2)
+        for node in servers.nodes:
+            node.start()
+        thread.join(60)
+        assert Broker(made[0], "mrq").known_queues() == []  # "q" was emptied by the dequeue: forgotten
+        made[0].close()
+    finally:
+        servers.cleanup()
+
+
+def test_a_replica_takes_over_when_the_primary_of_mrqs_slot_dies() -> None:
+    """SIGKILL of the primary that holds MRQ's slot: the next dequeue waits until the cluster promotes its
+    replica (2 s node timeout, then an election), finds it, and gets the ids the replica had."""
+    servers = RedisClusterServers(replicas=1, node_timeout=2)
+    try:
+        servers.start()
+        client = make_redis(servers.uri)
+        broker = Broker(client, "mrq")
+        broker.push("q", ["a", "b"])
+        primary = client.get_node_from_key(broker.key("q"))
+        assert client.execute_command("WAIT", 1, 5000, target_nodes=primary) == 1  # the replica has them
+        servers.node(primary.port).kill()
+        assert broker.dequeue("w", ["q"], 5) == [("q", "a"), ("q", "b")]
+        assert client.get_node_from_key(broker.key("q")).port != primary.port
         client.close()
     finally:
         servers.cleanup()
