@@ -204,7 +204,7 @@ OPTIONS: tuple[Option, ...] = (
 #: Keys accepted in an entry of the ``TASKS`` dict.
 TASK_KEYS = frozenset({
     "queue", "timeout", "result_ttl", "abort_ttl", "cancel_ttl", "default_ttl", "max_retries",
-    "retry_delay", "retry_backoff", "retry_max_delay", "retry_on", "max_concurrency",
+    "retry_delay", "retry_backoff", "retry_max_delay", "retry_on", "max_concurrency", "on_max_concurrency",
 })
 
 
@@ -267,6 +267,60 @@ def _first(name: str, argv_ns: Mapping[str, Any], env: Mapping[str, str], file_v
     return file_values.get(name)
 
 
+_FALSE_WORDS = frozenset({"0", "false", "no", "off", "n", ""})
+
+
+def _is_set(value: Any) -> bool:
+    """Whether an activation flag's value turns its plugin on: anything but a false word or value."""
+    if isinstance(value, str):
+        return value.strip().lower() not in _FALSE_WORDS
+    return bool(value)
+
+
+def _flag_in_argv(name: str, argv: Sequence[str]) -> bool | None:
+    """``--name`` (with or without a value) -> True, ``--no-name`` or ``--name=0`` -> False, absent -> None.
+
+    A token scan rather than argparse: the flag's type (bool, or one taking a value) is declared by the
+    plugin, which is not loaded yet. The last occurrence wins; ``--`` ends the options.
+    """
+    state = None
+    for token in argv:
+        if token == "--":
+            break
+        if token == f"--{name}":
+            state = True
+        elif token == f"--no-{name}":
+            state = False
+        elif token.startswith(f"--{name}="):
+            state = _is_set(token.split("=", 1)[1])
+    return state
+
+
+def _flag_plugins(argv: Sequence[str], env: Mapping[str, str], file_values: Mapping[str, Any],
+                  extra: Mapping[str, Any]) -> dict[str, tuple[str, bool]]:
+    """Activation flags of installed plugins (entry-point group ``mrq.plugin_flags``): flag -> (plugin, on).
+
+    A flag is on when set on the command line, else by ``MRQ_<FLAG>``, else by ``<FLAG>`` in the config
+    file (``extra`` first of all), to anything but a false word (0, false, no, off, empty).
+    """
+    from mrq.plugins import installed_plugin_flags
+
+    flags: dict[str, tuple[str, bool]] = {}
+    for flag, plugin in installed_plugin_flags().items():
+        if flag in extra:
+            on = _is_set(extra[flag])
+        else:
+            state = _flag_in_argv(flag, argv)
+            if state is not None:
+                on = state
+            elif env.get("MRQ_" + flag.upper()):
+                on = _is_set(env["MRQ_" + flag.upper()])
+            else:
+                on = _is_set(file_values.get(flag))
+        flags[flag] = (plugin, on)
+    return flags
+
+
 def _check_tasks(tasks: Any) -> dict[str, dict[str, Any]]:
     if tasks is None:
         return {}
@@ -317,6 +371,13 @@ def get_config(command: str = COMMON, argv: Sequence[str] | None = None,
     else:
         raw = _first("plugins", pre_ns, env, file_values)
         plugin_names = plugin_opt.cast(raw, "plugins") if raw is not None else []
+    if load_plugins:
+        flags = _flag_plugins(list(argv or []), env, file_values, extra)
+        plugin_names = plugin_names + list(dict.fromkeys(
+            p for p, on in flags.values() if on and p not in plugin_names))
+        if argv is not None:  # `--no-flag` of a plugin left disabled: its option does not exist, drop it
+            off = {f for f, (p, _) in flags.items() if p not in plugin_names}
+            argv = [t for t in argv if not any(t == f"--no-{f}" or t.startswith(f"--{f}=") for f in off)]
     pm = plugin_mod.PluginManager()
     if load_plugins:
         pm.enable(plugin_names)
@@ -350,6 +411,14 @@ def get_config(command: str = COMMON, argv: Sequence[str] | None = None,
     config.update(extra)
     config["plugins"] = list(plugin_names)
     config["tasks"] = _check_tasks(config.get("tasks"))
+    from mrq.broker import queue_kind  # late: the broker imports redis
+    from mrq.raw import check_raw_queues
+    config["raw_queues"] = check_raw_queues(config.get("raw_queues"))
+    if command == "worker":
+        for queue in config.get("queues") or []:
+            if queue_kind(queue) != "r" and queue.split("/", 1)[0] not in config["raw_queues"]:
+                raise ConfigError(f"Queue {queue!r} is a raw queue (by its name) but RAW_QUEUES has no entry "
+                                  f"{queue.split('/', 1)[0]!r}: add one with a job_factory in mrq-config.py.")
     config["config"] = path or ""
     config["_command"] = command
     config["_flags"] = {k: v for k, v in ns.items() if k not in known}

@@ -32,10 +32,11 @@ from mrq.exceptions import (
 from mrq.hookspecs import hookimpl
 
 if TYPE_CHECKING:
+    from mrq.raw import RawQueueSettings
     from mrq.task import TaskSettings
     from mrq.worker import Worker
 
-__all__ = ["Job", "queue_job", "queue_jobs", "get_job_result", "Outcome", "JOBS", "utcnow"]
+__all__ = ["Job", "queue_job", "queue_jobs", "get_job_result", "Outcome", "RawJob", "JOBS", "utcnow"]
 
 JOBS = "mrq_jobs"
 
@@ -130,6 +131,44 @@ class Outcome:
     delayed: tuple[str, float] | None = None   # (queue, due unix time)
     requeue: str | None = None                 # queue to push back at the head
     release: str | None = None                 # semaphore (task path) to free
+    raw_push: tuple[str, str, float | None] | None = None  # a raw job's (queue, payload, score) to push back
+
+
+@dataclass
+class RawJob:
+    """What a worker knows of a job popped from a raw queue: where it came from and what its queue stores."""
+
+    queue: str
+    payload: str
+    settings: RawQueueSettings
+    score: float | None = None
+    error: BaseException | None = None  # the job_factory failed on this payload
+    stored: bool = False                # a status of this job was handed to the writer for storage
+    _inserted: bool = False
+
+    def stores(self, status: str) -> bool:
+        """Whether ``status`` is written to MongoDB: unless ``statuses_no_storage`` names it; a retry always is
+        (it needs its count), and so is every status after a first stored one (the job is then a regular one)."""
+        if self.stored or status == st.RETRY or status not in self.settings.statuses_no_storage:
+            self.stored = True
+        return self.stored
+
+    def insert(self, job: Job) -> dict[str, Any] | None:
+        """The fields of ``job``'s document, created with its first stored status (then ``None``)."""
+        if self._inserted:
+            return None
+        self._inserted = True
+        data = job.data or {}
+        fields = {k: data[k] for k in ("path", "params", "queue", "datequeued", "retry_count") if k in data}
+        ttl = job.settings.default_ttl if job.settings else 180 * 86400.0
+        return fields | {"raw_queue": self.queue, "raw_payload": self.payload,
+                         "dateexpires": utcnow() + datetime.timedelta(seconds=ttl)}
+
+    def push_back(self, delay: float = 0.0) -> tuple[str, str, float | None]:
+        """``(queue, payload, score)`` to put the job back into its raw queue (a timed set: due in ``delay`` s)."""
+        if self.queue.split("/", 1)[0].endswith("_timed_set"):
+            return self.queue, self.payload, time.time() + delay
+        return self.queue, self.payload, self.score
 
 
 class Job:
@@ -156,6 +195,7 @@ class Job:
         self.greenlet: Any = None
         self.stored: dict[str, Any] = {}
         self.settings: TaskSettings | None = None
+        self.raw: RawJob | None = None
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.path}>"
@@ -210,14 +250,25 @@ class Job:
 
     # -- actions
     def cancel(self) -> bool:
-        """Cancel the job: a queued job never runs, a running one is stopped within about a second.
+        """Cancel the job: a queued job never runs, a running one is stopped within about a second (a running raw
+        job with no stored status too: it ends as ``cancel``, stored unless its queue's ``statuses_no_storage``
+        names it).
 
         Returns ``False`` if the job had already finished (its status is kept).
+        :raises JobNotFound: if no job has this id, stored or running.
         """
         from mrq.context import get_broker, get_current_config, get_plugin_manager
         from mrq.task import task_settings
 
-        data = self.data if self.data and "path" in self.data else self.fetch(["path"]).data or {}
+        if self.data and "path" in self.data:
+            data = self.data
+        else:
+            found = _jobs_collection().find_one({"_id": self.id}, {"path": 1})
+            if found is None:  # a raw job that stored nothing yet: stop it if it runs
+                if get_broker().request_kill([str(self.id)]):
+                    return True
+                raise JobNotFound(f"No job with id {self.id} in {JOBS}, and none running with it.")
+            data = found
         ttl = task_settings(data.get("path", ""), get_current_config()).cancel_ttl
         now = utcnow()
         fields = {"status": st.CANCEL, "dateupdated": now, "dateexpires": now + datetime.timedelta(seconds=ttl)}
@@ -289,6 +340,13 @@ class Job:
             outcome = Outcome(st.TIMEOUT)
             self.traceback = self.traceback or "TimeoutInterrupt (caught by the task)"
         return self._complete(outcome)
+
+    def fail_with(self, exc: BaseException) -> Outcome:
+        """End the job as ``failed`` with ``exc`` without running it (a raw job whose payload its factory refused)."""
+        self.exception = exc
+        self.traceback = _format_traceback(exc)
+        self.datestarted = time.time()
+        return self._complete(Outcome(st.FAILED))
 
     def _outcome_of(self, exc: BaseException) -> Outcome:
         assert self.settings is not None

@@ -19,9 +19,13 @@ import pluggy
 from mrq import hookspecs
 from mrq.exceptions import PluginError
 
-__all__ = ["PluginManager", "ENTRY_POINT_GROUP", "installed_plugins"]
+__all__ = ["PluginManager", "ENTRY_POINT_GROUP", "FLAG_ENTRY_POINT_GROUP", "installed_plugins",
+           "installed_plugin_flags"]
 
 ENTRY_POINT_GROUP = "mrq.plugins"
+#: Activation flags: an entry point ``trace_memory = memtrace`` of this group makes ``--trace_memory``
+#: (or ``MRQ_TRACE_MEMORY``, ``TRACE_MEMORY``) enable the installed plugin ``memtrace``.
+FLAG_ENTRY_POINT_GROUP = "mrq.plugin_flags"
 log = logging.getLogger("mrq.plugins")
 
 
@@ -38,6 +42,21 @@ def installed_plugins() -> dict[str, Any]:
     found: dict[str, Any] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         found.setdefault(ep.name, ep)
+    return found
+
+
+def installed_plugin_flags() -> dict[str, str]:
+    """Activation flags declared by installed distributions: option name -> plugin name.
+
+    Read from the entry points of group ``mrq.plugin_flags`` without importing anything, so that a flag
+    can enable a plugin that is not loaded yet (the plugin itself declares the option with
+    ``mrq_add_options``, once it is enabled).
+    """
+    from importlib.metadata import entry_points
+
+    found: dict[str, str] = {}
+    for ep in entry_points(group=FLAG_ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, ep.value.strip())
     return found
 
 

@@ -35,12 +35,14 @@ from bson import ObjectId
 
 from mrq import context
 from mrq import status as st
+from mrq.broker import RawPopped
 from mrq.config import Config
 from mrq.connections import ROUNDTRIPS
 from mrq.exceptions import CancelInterrupt, JobInterrupt, MaxConcurrencyInterrupt, StopRequested
 from mrq.indexes import ensure_indexes
-from mrq.job import JOBS, Job, Outcome, utcnow
+from mrq.job import JOBS, Job, Outcome, RawJob, utcnow
 from mrq.logger import JobLogHandler
+from mrq.raw import raw_settings, requeue_inflight
 from mrq.task import TaskSettings, task_settings
 from mrq.writer import StatusWriter
 
@@ -75,6 +77,8 @@ class Worker:
         self._settings: dict[str, TaskSettings] = {}
         self._rotation = 0
         self._popped: set[str] = set()
+        self._pushback = {name: rs.pushback_seconds for name, rs in (config.get("raw_queues") or {}).items()
+                          if rs.pushback_seconds}
         self.plugins = config.plugin_manager  # type: ignore[attr-defined]
         self.broker = context.get_broker()
         self.db = context.connections.mongodb_jobs
@@ -188,7 +192,7 @@ class Worker:
         try:
             mine = self.broker.inflight(str(self.id))
             if mine:
-                ids = self.broker.requeue_inflight(mine, str(self.id))
+                ids = requeue_inflight(mine, str(self.id))
                 self.log.warning("Requeued %d job(s) dequeued but not run", len(ids))
         except Exception:
             self.log.exception("Could not requeue leftover in-flight jobs (the cleaning plugin will)")
@@ -201,7 +205,7 @@ class Worker:
             cutoff = time.time() - older_than
             orphans = [r for r in self.broker.inflight(str(self.id)) if r.job_id not in known and r.since < cutoff]
             if orphans:
-                ids = self.broker.requeue_inflight(orphans, str(self.id))
+                ids = requeue_inflight(orphans, str(self.id))
                 self.counters["orphans_requeued"] += len(ids)
                 self.log.warning("Requeued %d job(s) dequeued by this worker but never run: %s", len(ids), ids)
         except Exception as exc:  # noqa: BLE001
@@ -292,14 +296,37 @@ class Worker:
             self._rotation = (self._rotation + 1) % len(queues)
             queues = queues[self._rotation:] + queues[:self._rotation]
             per_queue = max(1, -(-count // len(queues)))
-        popped = self.broker.dequeue(str(self.id), queues, count, per_queue)
-        if not popped:
+        popped, raw = self.broker.dequeue_all(str(self.id), queues, count, per_queue, self._pushback)
+        if not popped and not raw:
             return 0
-        self.counters["dequeued"] += len(popped)
+        self.counters["dequeued"] += len(popped) + len(raw)
+        jobs = self._regular_jobs(popped) if popped else []
+        if raw:
+            jobs += self._raw_jobs(raw)
+        if jobs:
+            try:
+                self.plugins.hook.mrq_jobs_dequeued(worker=self, jobs=jobs)
+            except Exception:
+                self.log.exception("A plugin failed in mrq_jobs_dequeued; the jobs run anyway")
+        now = utcnow()
+        for job in jobs:
+            assert job.id is not None
+            settings = self._settings_of(job.path)
+            job.settings = settings
+            if settings.max_concurrency and not self._acquire(job, settings):
+                continue
+            if job.raw is None or job.raw.stores(st.STARTED):
+                self.writer.started(job.id, {"status": st.STARTED, "datestarted": now, "dateupdated": now,
+                                             "worker": self.id}, insert=job.raw.insert(job) if job.raw else None)
+            self.jobs[job.id] = job
+            self.pool.spawn(self._perform, job, settings)
+        self._popped = set()
+        return len(popped) + len(raw)
+
+    def _regular_jobs(self, popped: list[tuple[str, str]]) -> list[Job]:
         self._popped = {i for _, i in popped}  # not orphans, while their documents are fetched
         docs = self._fetch([ObjectId(i) for _, i in popped])
         jobs: list[Job] = []
-        now = utcnow()
         for queue, sid in popped:
             oid = ObjectId(sid)
             doc = docs.get(oid)
@@ -316,32 +343,57 @@ class Worker:
                 self.counters["pushed_back"] += 1  # whitelist/blacklist: no status change
                 self.writer.acknowledge(sid, push_back_to=queue)
                 continue
-            job = Job(oid, doc)
-            jobs.append(job)
-        if jobs:
+            jobs.append(Job(oid, doc))
+        return jobs
+
+    def _raw_jobs(self, popped: list[RawPopped]) -> list[Job]:
+        """Raw payloads become jobs through their queue's job_factory; nothing is read from MongoDB."""
+        jobs: list[Job] = []
+        now = utcnow()
+        for item in popped:
+            settings = raw_settings(item.queue, self.config)
+            assert settings is not None  # checked at start for every raw queue of the worker
+            raw = RawJob(item.queue, item.payload, settings, item.score)
             try:
-                self.plugins.hook.mrq_jobs_dequeued(worker=self, jobs=jobs)
-            except Exception:
-                self.log.exception("A plugin failed in mrq_jobs_dequeued; the jobs run anyway")
-        for job in jobs:
-            assert job.id is not None
-            settings = self._settings_of(job.path)
-            job.settings = settings
-            if settings.max_concurrency and not self.broker.acquire(
-                    job.path, str(job.id), settings.max_concurrency, settings.timeout + 30):
-                job.exception = MaxConcurrencyInterrupt(f"max_concurrency={settings.max_concurrency} reached")
-                job.traceback = repr(job.exception)
-                outcome = job._complete(Outcome(st.MAXCONCURRENCY))
-                outcome.release = None
-                self.writer.finished(job.id, outcome)
-                self.counters[st.MAXCONCURRENCY] += 1
+                spec = settings.job_factory(item.payload)
+                path, params = spec["path"], dict(spec.get("params") or {})
+            except Exception as exc:  # noqa: BLE001 - the job fails, with the factory's traceback
+                raw.error = exc
+                path, params = f"{item.queue.split('/', 1)[0]}.job_factory", {"payload": item.payload}
+            if raw.error is None and not self._allowed(path):
+                self.counters["pushed_back"] += 1
+                self.writer.finished(ObjectId(item.job_id), Outcome(st.QUEUED, raw_push=raw.push_back()), store=False)
                 continue
-            self.writer.started(job.id, {"status": st.STARTED, "datestarted": now, "dateupdated": now,
-                                         "worker": self.id})
-            self.jobs[job.id] = job
-            self.pool.spawn(self._perform, job, settings)
-        self._popped = set()
-        return len(popped)
+            data = {"path": path, "params": params, "queue": settings.retry_queue, "raw_queue": item.queue,
+                    "status": st.STARTED, "retry_count": 0, "datequeued": now}
+            job = Job(ObjectId(item.job_id), data)
+            job.raw = raw
+            jobs.append(job)
+        return jobs
+
+    def _acquire(self, job: Job, settings: TaskSettings) -> bool:
+        """Take a slot of the task's ``max_concurrency``. When they are all taken, by default the job waits: a
+        regular job goes back to its queue's delayed set and the task's waiting list in one atomic step (no
+        MongoDB write, not a retry; a finishing job of the task wakes it), a raw job goes back to its raw queue.
+        With ``on_max_concurrency = "fail"`` it ends as ``maxconcurrency``, as in the original MRQ."""
+        assert job.id is not None
+        wait = settings.on_max_concurrency == "wait"
+        defer_to = job.queue if wait and job.raw is None else None
+        if self.broker.acquire(job.path, str(job.id), settings.max_concurrency, settings.timeout + 30,
+                               defer_to=defer_to):
+            return True
+        if wait:
+            self.counters["deferred"] += 1
+            if job.raw is not None:
+                self.writer.finished(job.id, Outcome(st.QUEUED, raw_push=job.raw.push_back(delay=1.0)), store=False)
+            return False
+        job.exception = MaxConcurrencyInterrupt(f"max_concurrency={settings.max_concurrency} reached")
+        job.traceback = repr(job.exception)
+        outcome = job._complete(Outcome(st.MAXCONCURRENCY))
+        outcome.release = None
+        self._finish(job, outcome)
+        self.counters[st.MAXCONCURRENCY] += 1
+        return False
 
     def _allowed(self, path: str) -> bool:
         whitelist, blacklist = self.config.get("task_whitelist"), self.config.get("task_blacklist")
@@ -365,18 +417,35 @@ class Worker:
     def _perform(self, job: Job, settings: TaskSettings) -> None:
         assert job.id is not None
         try:
-            outcome = job.perform(settings, worker=self)
+            if job.raw is not None and job.raw.error is not None:
+                outcome = job.fail_with(job.raw.error)
+            else:
+                outcome = job.perform(settings, worker=self)
             try:
                 self.plugins.hook.mrq_job_finished(worker=self, job=job, status=outcome.status)
             except Exception:
                 self.log.exception("A plugin failed in mrq_job_finished for job %s", job.id)
-            self.writer.finished(job.id, outcome)
+            self._finish(job, outcome)
             self.counters["done"] += 1
             self.counters[outcome.status] += 1
         finally:
             self.jobs.pop(job.id, None)
         if outcome.status == st.FAILED and not self.config.get("quiet"):
             self.log.error("Job %s %s failed:\n%s", job.id, job.path, job.traceback)
+
+    def _finish(self, job: Job, outcome: Outcome) -> None:
+        """Hand a job's end to the status writer. A raw job's status is stored unless its queue's
+        ``statuses_no_storage`` names it (and always once one of its statuses was stored); an interrupted raw job
+        that stores nothing goes back into its raw queue."""
+        assert job.id is not None
+        raw = job.raw
+        if raw is None:
+            self.writer.finished(job.id, outcome)
+            return
+        store = raw.stores(outcome.status)
+        if not store and outcome.requeue:
+            outcome.requeue, outcome.raw_push = None, raw.push_back()
+        self.writer.finished(job.id, outcome, insert=raw.insert(job) if store else None, store=store)
 
     def _on_written(self, written: list[tuple[ObjectId, str, dict[str, Any]]]) -> None:
         hook = self.plugins.hook.mrq_job_status_changed

@@ -36,6 +36,7 @@ class _Pending:
     allowed: frozenset[str]
     set: dict[str, Any] = field(default_factory=dict)
     push: list[dict[str, Any]] = field(default_factory=list)
+    insert: dict[str, Any] | None = None  # a raw job's first stored status: the document is created (upsert)
 
 
 class StatusWriter:
@@ -66,17 +67,31 @@ class StatusWriter:
         """Changes not yet stored (pending, or being written right now)."""
         return len(self._pending) + bool(self._ack) + bool(self._unacked) + self._in_progress
 
-    def started(self, job_id: ObjectId, fields: dict[str, Any]) -> None:
-        """Record that a job started (written with the next flush, merged with its end if it is quick)."""
+    def started(self, job_id: ObjectId, fields: dict[str, Any], insert: dict[str, Any] | None = None) -> None:
+        """Record that a job started (written with the next flush, merged with its end if it is quick).
+
+        :param insert: the fields of a raw job's document, created by this write if it does not exist yet.
+        """
         pending = self._pending.setdefault(job_id, _Pending(st.allowed_from(st.STARTED)))
         pending.set.update(fields)
+        if insert is not None:
+            pending.insert = insert
 
-    def finished(self, job_id: ObjectId, outcome: Outcome) -> None:
-        """Record a job's end; it is acknowledged in Redis once the write is stored."""
-        pending = self._pending.setdefault(job_id, _Pending(st.allowed_from(outcome.status)))
-        pending.set.update(outcome.set)
-        if outcome.push_history:
-            pending.push.append(outcome.push_history)
+    def finished(self, job_id: ObjectId, outcome: Outcome, insert: dict[str, Any] | None = None,
+                 store: bool = True) -> None:
+        """Record a job's end; it is acknowledged in Redis once the write is stored.
+
+        :param insert: the fields of a raw job's document, created by this write if it does not exist yet.
+        :param store: ``False`` for a raw job whose status is not stored (``statuses_no_storage``): only the Redis
+            side is applied, with the next flush.
+        """
+        if store:
+            pending = self._pending.setdefault(job_id, _Pending(st.allowed_from(outcome.status)))
+            pending.set.update(outcome.set)
+            if outcome.push_history:
+                pending.push.append(outcome.push_history)
+            if insert is not None:
+                pending.insert = insert
         sid = str(job_id)
         self._ack.done.append(sid)
         if outcome.delayed:
@@ -85,7 +100,9 @@ class StatusWriter:
             self._ack.requeue.append((outcome.requeue, sid))
         if outcome.release:
             self._ack.release.append((outcome.release, sid))
-        if len(self._pending) >= self.max_batch:
+        if outcome.raw_push:
+            self._ack.raw.append(outcome.raw_push)
+        if len(self._pending) >= self.max_batch or len(self._ack.done) >= self.max_batch:
             self._wakeup.set()
 
     def tracked_ids(self) -> set[str]:
@@ -153,7 +170,11 @@ class StatusWriter:
                     update["$push"] = {"traceback_history": {"$each": p.push}}
                 if p.set.get("status") == st.STARTED:
                     update["$unset"] = {"datedue": ""}
-                ops.append(UpdateOne({"_id": job_id, "status": {"$in": sorted(p.allowed)}}, update))
+                if p.insert is not None:  # a raw job's first stored status creates its document
+                    update["$setOnInsert"] = {k: v for k, v in p.insert.items() if k not in p.set}
+                    ops.append(UpdateOne({"_id": job_id}, update, upsert=True))
+                else:
+                    ops.append(UpdateOne({"_id": job_id, "status": {"$in": sorted(p.allowed)}}, update))
             try:
                 result = self.collection.bulk_write(ops, ordered=False)
             except BaseException as exc:
@@ -168,7 +189,7 @@ class StatusWriter:
                 return False
             self.written += len(ops)
             written = [(i, p.set.get("status", ""), p.set) for i, p in pending.items()]
-            if result.matched_count < len(ops):
+            if result.matched_count + result.upserted_count < len(ops):
                 self._unverified.extend(written)  # some were refused: find out which before reporting
             else:
                 self._report(written)
@@ -194,6 +215,7 @@ class StatusWriter:
             if newer is not None:
                 p.set.update(newer.set)
                 p.push.extend(newer.push)
+                p.insert = p.insert or newer.insert
             self._pending[job_id] = p
         ack.extend(self._ack)
         self._ack = ack

@@ -134,10 +134,12 @@ def test_semaphore(broker):
 
 def test_wait_wakes_on_push(broker):
     t0 = time.monotonic()
-    assert broker.wait(["q"], 0.2) is False
+    assert broker.wait(["q"], 0.2) is None
     assert time.monotonic() - t0 >= 0.15
     broker.push("q", ["1"])
-    assert broker.wait(["q"], 5) is True
+    assert broker.wait(["q"], 5) == "q"
+    broker.push("root/sub", ["2"])
+    assert broker.wait(["other", "root/"], 5) == "root/"  # a push to a subqueue wakes the root's workers
 
 
 def test_remove_and_empty(broker):

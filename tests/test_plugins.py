@@ -20,7 +20,13 @@ from mrq import hookspecs
 from mrq.config import Option, get_config
 from mrq.exceptions import ConfigError, PluginError
 from mrq.hookspecs import hookimpl
-from mrq.plugins import ENTRY_POINT_GROUP, PluginManager, installed_plugins
+from mrq.plugins import (
+    ENTRY_POINT_GROUP,
+    FLAG_ENTRY_POINT_GROUP,
+    PluginManager,
+    installed_plugin_flags,
+    installed_plugins,
+)
 from tests.plugins import recorder
 from tests.plugins.recorder import read_records
 
@@ -235,6 +241,50 @@ def test_plugin_option_needs_the_plugin():
     with pytest.raises(SystemExit):
         cfg("--recorder_flag")
     assert "recorder_flag" not in cfg(env={"MRQ_RECORDER_FLAG": "1"})
+
+
+@pytest.fixture
+def flag_dist(dist_dir) -> Path:
+    """dist_dir, whose distribution also declares the activation flag ``recorder_flag = recorder``."""
+    info = dist_dir / "mrq_test_plugins-1.2.3.dist-info"
+    text = (info / "entry_points.txt").read_text()
+    (info / "entry_points.txt").write_text(text + f"[{FLAG_ENTRY_POINT_GROUP}]\nrecorder_flag = recorder\n")
+    return dist_dir
+
+
+def test_activation_flag_enables_an_installed_plugin(flag_dist, monkeypatch, tmp_path):
+    assert installed_plugin_flags()["recorder_flag"] == "recorder"
+    config = cfg("--recorder_flag")
+    assert config.plugins == ["recorder"] and config.recorder_flag is True
+    assert config.sources["recorder_flag"] == "cli"
+    config = cfg("--recorder_flag", "--plugins", "recorder")  # named twice: registered once
+    assert config.plugin_manager.enabled == ["recorder"]
+    assert cfg(env={"MRQ_RECORDER_FLAG": "1"}).plugins == ["recorder"]
+    (tmp_path / "mrq-config.py").write_text("RECORDER_FLAG = True\n")
+    assert cfg().plugins == ["recorder"]
+    assert get_config("common", argv=None, env={}, extra={"recorder_flag": True}).plugins == ["recorder"]
+
+
+def test_activation_flag_off_imports_nothing(flag_dist, monkeypatch):
+    monkeypatch.delitem(sys.modules, RECORDER)
+    for config in (cfg(), cfg(env={"MRQ_RECORDER_FLAG": "0"}), cfg(env={"MRQ_RECORDER_FLAG": "false"}),
+                   cfg("--no-recorder_flag", env={"MRQ_RECORDER_FLAG": "1"}),  # the command line wins
+                   cfg("--recorder_flag=0")):
+        assert config.plugins == [] and "recorder_flag" not in config
+    assert RECORDER not in sys.modules
+    # Enabled by name, the plugin reads its option as usual: `--no-flag` is kept for it.
+    config = cfg("--plugins", "recorder", "--no-recorder_flag", env={"MRQ_RECORDER_FLAG": "1"})
+    assert config.plugins == ["recorder"] and config.recorder_flag is False
+
+
+def test_activation_flag_scan():
+    from mrq.config import _flag_in_argv
+
+    assert _flag_in_argv("x", ["--x", "default"]) is True
+    assert _flag_in_argv("x", ["--x=a,b"]) is True
+    assert _flag_in_argv("x", ["--x", "--no-x"]) is False
+    assert _flag_in_argv("x", ["--x=off"]) is False
+    assert _flag_in_argv("x", ["--xy", "--", "--x"]) is None
 
 
 def test_plugin_option_name_clash():

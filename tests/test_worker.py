@@ -203,8 +203,10 @@ def test_requeue_to_another_queue_of_a_listed_job_runs_it_once(mrq_worker, tmp_p
     assert len(runs.read_text().splitlines()) == 1
 
 
-def test_max_concurrency_semaphore(mrq_worker):
-    mrq_worker.start("--greenlets", "5")
+def test_max_concurrency_fail_mode_keeps_the_original_behaviour(mrq_worker, tmp_path):
+    config = tmp_path / "mrq-config.py"
+    config.write_text(f"TASKS = {{{T + 'Concurrent'!r}: {{'on_max_concurrency': 'fail'}}}}\n")
+    mrq_worker.start("--greenlets", "5", "--config", str(config))
     ids = queue_jobs(T + "Concurrent", [{"t": 1}] * 4)
     mrq_worker.wait_for_idle()
     statuses = sorted(Job(i).fetch().data["status"] for i in ids)
@@ -212,6 +214,30 @@ def test_max_concurrency_semaphore(mrq_worker):
     again = queue_jobs(T + "Concurrent", [{"t": 0.1}] * 2)  # slots were released
     mrq_worker.wait_for_idle()
     assert {Job(i).fetch().data["status"] for i in again} == {"success"}
+
+
+def test_max_concurrency_waits_instead_of_failing(mrq_worker_factory):
+    """30 jobs of a task limited to 3, over 2 workers of 10 greenlets: all succeed, never more than 3 at once;
+    a job that finds no free slot waits (back in Redis, no MongoDB write) and is woken by a finishing one."""
+    workers = [mrq_worker_factory().start("--greenlets", "10") for _ in range(2)]
+    ids = queue_jobs(T + "Throttled", [{"t": 0.3}] * 30)
+    workers[0].wait_for_idle(timeout=60)
+    docs = [Job(i).fetch().data for i in ids]
+    assert {d["status"] for d in docs} == {"success"}
+    assert {d.get("retry_count", 0) for d in docs} == {0}  # a wait is not a retry
+    spans = [d["result"] for d in docs]
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    assert peak == 3
+    for w in workers:
+        assert w.stop() == 0
+    reports = [w.report()["counters"] for w in workers]
+    deferred = sum(r.get("deferred", 0) for r in reports)
+    assert 27 <= deferred <= 30 * 4, deferred  # each of the 27 others waited, woken promptly (few re-waits)
+    print(f"deferrals: {deferred}, redis round trips: {sum(r['redis_roundtrips'] for r in reports)}")
 
 
 def test_progress_subpool_and_run_task(mrq_worker):

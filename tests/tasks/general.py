@@ -147,3 +147,16 @@ class Configured(Task):
 
     def run(self, params: dict[str, Any]) -> Any:
         return "configured"
+
+
+class Throttled(Task):
+    """At most 3 at once across all workers; returns its (start, end) unix times."""
+
+    max_concurrency = 3
+
+    def run(self, params: dict[str, Any]) -> Any:
+        import time
+
+        start = time.time()
+        gevent.sleep(params.get("t", 0.3))
+        return [start, time.time()]

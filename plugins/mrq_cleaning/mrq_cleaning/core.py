@@ -30,6 +30,7 @@ from mrq import status as st
 from mrq.broker import Broker
 from mrq.context import connections, get_broker, get_current_config
 from mrq.job import JOBS, utcnow
+from mrq.raw import requeue_inflight
 from mrq.task import task_settings
 from redis.cluster import RedisCluster
 
@@ -171,7 +172,9 @@ class Cleaner:
                 continue
             mine = [r for r in records if r.worker_id == worker_id]
             for batch in chunks(mine, _BATCH):
-                ids = self.broker.requeue_inflight(batch, worker_id)
+                # Raw jobs go back into their raw queue (or, if a status of theirs is stored, onto their
+                # retry_queue); their documents, if any, are then set back to queued like the others.
+                ids = requeue_inflight(batch, worker_id)
                 if not ids:
                     continue
                 oid = ObjectId(worker_id) if ObjectId.is_valid(worker_id) else worker_id

@@ -145,3 +145,21 @@ def test_an_outage_never_makes_a_live_worker_look_dead(service, both_restartable
     assert len(runs.read_text().splitlines()) == 1, runs.read_text()
     assert second.report()["cleaning"].get("dead_worker", 0) == 0
     assert first.stop() == 0 and second.stop() == 0
+
+
+def test_a_raw_job_of_a_killed_worker_runs_again(mrq_worker_factory, tmp_path):
+    """The in-flight record keeps a raw job's payload: the dead worker's job goes back into its raw queue."""
+    import json
+    from pathlib import Path
+
+    from mrq.raw import queue_raw_jobs
+
+    config = str(Path(__file__).resolve().parents[3] / "tests" / "configs" / "raw.py")
+    runs = tmp_path / "runs"
+    first = mrq_worker_factory(FAST).start("--config", config, "--plugins", "cleaning", queues=("fast_raw",))
+    queue_raw_jobs("fast_raw", [json.dumps({"task": "Record", "file": str(runs), "t": 30})])
+    wait_until(lambda: runs.exists(), what="job started")
+    first.kill()
+    second = mrq_worker_factory(FAST).start("--config", config, "--plugins", "cleaning", queues=("fast_raw",))
+    wait_until(lambda: len(runs.read_text().splitlines()) == 2, timeout=20, what="the job run again")
+    wait_until(lambda: second.report()["cleaning"]["dead_worker"] == 1, timeout=5, what="counted as a dead worker's")
