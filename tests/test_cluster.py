@@ -228,3 +228,58 @@ def test_a_worker_runs_jobs_on_a_cluster(cluster_worker: WorkerProcess) -> None:
     assert report["counters"]["success"] == 2
     assert report["cleaning"]["pass_dead"] >= 1
     assert (report["cleaning"]["requeued"], report["cleaning"]["errors"]) == (0, 0)
+
+
+def test_a_worker_runs_raw_jobs_on_a_cluster(mrq_cluster_urls: ServerURLs, request: Any, tmp_path: Any) -> None:
+    """The raw queues of tests/configs/raw.py on a cluster: a list (the fast path that stores nothing, a failure
+    stored, a retry that becomes a regular job), a set, a sorted set, a timed set; and a raw job in flight on a
+    SIGKILLed worker, put back into its raw queue by the cleaning plugin of another worker and run again."""
+    import json
+    from pathlib import Path
+
+    from mrq.context import connections, setup_context
+    from mrq.raw import queue_raw_jobs
+
+    config = str(Path(__file__).parent / "configs" / "raw.py")
+    setup_context(redis=mrq_cluster_urls.redis, mongodb_jobs=mrq_cluster_urls.mongodb, config=config)
+    env = {"MRQ_CLEANING_DEAD_INTERVAL": "0.3", "MRQ_CLEANING_LOST_INTERVAL": "0.5"}
+    first = WorkerProcess(mrq_cluster_urls, str(request.config.rootpath), env)
+    second = WorkerProcess(mrq_cluster_urls, str(request.config.rootpath), env)
+    jobs = connections.mongodb_jobs["mrq_jobs"]
+    runs = tmp_path / "runs"
+
+    def payload(**params: Any) -> str:
+        return json.dumps(params, sort_keys=True)
+
+    def lines() -> list[str]:
+        return runs.read_text().splitlines() if runs.exists() else []
+
+    try:
+        first.start("--config", config, "--plugins", "cleaning", queues=["fast_raw"])
+        queue_raw_jobs("fast_raw", [payload(task="Record", file=str(runs), t=1, result="killed")])
+        wait_until(lambda: lines(), what="the raw job started")
+        first.kill()
+        second.start("--config", config, "--plugins", "cleaning", "--greenlets", "1",
+                     queues=["fast_raw", "retries", "uniq_set", "prio_sorted_set", "later_timed_set"])
+        queue_raw_jobs("fast_raw", [payload(task="noop", i=i) for i in range(20)]
+                       + [payload(task="Fail", message="kaput"), payload(task="Retry", succeed_after=1, delay=0)])
+        queue_raw_jobs("uniq_set", [payload(task="Record", file=str(runs), result="set")] * 2)
+        queue_raw_jobs("prio_sorted_set", {payload(task="Record", file=str(runs), result=r): s
+                                           for r, s in (("second", 2), ("first", 1))})
+        queue_raw_jobs("later_timed_set", {payload(task="Record", file=str(runs), result="due"): time.time() + 1})
+        wait_until(lambda: len(lines()) == 6, timeout=30, what="the killed job run again, and 4 more records")
+        second.wait_for_idle(timeout=30)
+        assert second.stop() == 0
+        report = second.report()
+        assert report["cleaning"]["dead_worker"] == 1  # the killed worker's raw job, back in its raw queue
+        assert report["counters"]["success"] == 20 + 1 + 1 + 2 + 1 + 1  # noops, retry, set, sorted, timed, killed
+        assert report["counters"]["redis_roundtrips"] > 0
+        failed = jobs.find_one({"status": "failed"})
+        assert (failed["raw_queue"], failed["params"]) == ("fast_raw", {"message": "kaput"})
+        retried = jobs.find_one({"path": T + "Retry"})
+        assert (retried["status"], retried["queue"], retried["result"]) == ("success", "retries", 1)
+        assert jobs.count_documents({}) == 2  # the raw successes stored nothing
+    finally:
+        first.kill()
+        second.kill()
+        connections.reset()
