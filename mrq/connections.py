@@ -196,12 +196,20 @@ def make_sentinel_redis(uri: str, option: str = "redis", max_connections: int = 
     return client
 
 
+def _choice(choices: dict[str, Any]) -> Callable[[str], Any]:
+    def parse(value: str) -> Any:
+        if value.lower() not in choices:
+            raise ValueError(value)
+        return choices[value.lower()]
+    return parse
+
+
+# Query options of a cluster URI -> their parser (a ValueError is a bad value).
 _CLUSTER_OPTIONS: dict[str, Callable[[str], Any]] = {"socket_timeout": float, "socket_connect_timeout": float}
 _CLUSTER_TLS_OPTIONS: dict[str, Callable[[str], Any]] = {
     "ssl_ca_certs": str, "ssl_certfile": str, "ssl_keyfile": str,
-    "ssl_cert_reqs": lambda v: {"required": "required", "optional": "optional", "none": "none"}[v.lower()],
-    "ssl_check_hostname": lambda v: {"true": True, "yes": True, "1": True, "false": False, "no": False,
-                                     "0": False}[v.lower()],
+    "ssl_cert_reqs": _choice({"required": "required", "optional": "optional", "none": "none"}),
+    "ssl_check_hostname": _choice({"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}),
 }
 
 
@@ -238,7 +246,7 @@ def parse_cluster_uri(uri: str, option: str = "redis") -> dict[str, Any]:
             raise bad(f"unknown option {name}; known: {', '.join(sorted(allowed))}")
         try:
             options[name] = allowed[name](values[-1])
-        except (ValueError, KeyError):
+        except ValueError:
             raise bad(f"option {name}={values[-1]!r} is not a valid value") from None
     return {"nodes": nodes, "username": username, "password": password, "ssl": ssl, "options": options}
 
@@ -273,10 +281,10 @@ def _with_backoff(do: Callable[[], _T]) -> _T:
 class _ClusterClient(RedisCluster):
     """redis-py's ``RedisCluster``, retrying through outages like MRQ's other clients.
 
-    redis-py retries a failed command on a cluster at once, without waiting (41 tries in 0.1 s while the node
-    of MRQ's slot restarts), and a transaction only while some node answers. So redis-py is told to try once
-    (``retry=Retry(NoBackoff(), 0)``; a failed try still makes it read the cluster's layout again, as a
-    failover moves slots), and this client tries again after a wait (:func:`_with_backoff`), commands and
+    redis-py retries a failed command on a cluster at once, without waiting (all its tries fail within 0.1 s
+    while the node of MRQ's slot restarts), and a transaction only while some node answers. So redis-py is told
+    to try once (``retry=Retry(NoBackoff(), 0)``; a failed try still makes it read the cluster's layout again,
+    as a failover moves slots), and this client tries again after a wait (:func:`_with_backoff`), commands and
     pipelines alike (:class:`_ReplayingPipeline`).
     """
 

@@ -112,7 +112,7 @@ class Cleaner:
         Redis Cluster, the Redis asked is the node that holds MRQ's keys (all in one slot)."""
         r = self.broker.redis
         try:
-            if isinstance(r, RedisCluster):  # INFO alone goes to any node
+            if isinstance(r, RedisCluster):  # a bare INFO goes to redis-py's default node
                 info = r.info("server", target_nodes=r.get_node_from_key(self.broker.key("hb")))
             else:
                 info = r.info("server")
