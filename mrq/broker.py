@@ -13,6 +13,7 @@ Cluster. Keys:
 ``{p}:hb:<worker id>``         string  worker heartbeat, expires after ``--heartbeat_ttl``
 ``{p}:kill:<worker id>``       set     ids of running jobs to stop (cancel)
 ``{p}:paused``                 set     paused queues (``q/`` pauses every ``q/...``)
+``{p}:epoch``                  string  marker: missing means Redis lost MRQ's data (set again by a heartbeat)
 ``{p}:sem:<task path>``        zset    max_concurrency slots: job id scored by expiry
 ``{p}:semwait:<task path>``    list    jobs waiting for a slot ("<queue> <id>"), woken by a release
 =============================  ======  ===================================================
@@ -545,11 +546,18 @@ class Broker:
 
     def heartbeat(self, worker_id: str, ttl: float, value: str = "1") -> list[str]:
         """Refresh the worker's heartbeat and take the kill requests addressed to it."""
+        return self.beat(worker_id, ttl, value)[0]
+
+    def beat(self, worker_id: str, ttl: float, value: str = "1") -> tuple[list[str], bool]:
+        """:meth:`heartbeat`, and in the same MULTI set MRQ's marker key if it is missing: returns the kill
+        requests, and whether the marker was missing (Redis lost MRQ's data, or was never used: this caller is
+        the one, across all workers, to react to it)."""
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(self.key("hb", worker_id), value, px=int(ttl * 1000))
         pipe.spop(self.key("kill", worker_id), 1000)
-        _, kills = pipe.execute()
-        return [_s(k) for k in kills or []]
+        pipe.set(self.key("epoch"), repr(time.time()), nx=True)
+        _, kills, marked = pipe.execute()
+        return [_s(k) for k in kills or []], bool(marked)
 
     def forget_worker(self, worker_id: str) -> None:
         self.redis.delete(self.key("hb", worker_id), self.key("kill", worker_id))

@@ -72,6 +72,7 @@ class Worker:
         self._started_at = time.monotonic()
         self._graceful = False
         self._stopping = False
+        self.stop_reason: str | None = None
         self._main: gevent.Greenlet | None = None
         self._services: list[gevent.Greenlet] = []
         self._settings: dict[str, TaskSettings] = {}
@@ -133,11 +134,20 @@ class Worker:
         if self._main.exception is not None:
             self.log.error("Worker loop crashed: %r", self._main.exception)
             self.exitcode = 1
+            self.stop_reason = self.stop_reason or "error"
+        try:
+            self.plugins.hook.mrq_worker_stopping(worker=self, reason=self.stop_reason or "signal")
+        except Exception:
+            self.log.exception("A plugin failed in mrq_worker_stopping")
         self._stop()
         return self.exitcode
 
-    def stop(self, graceful: bool = True) -> None:
-        """Stop dequeuing; ``graceful=False`` also interrupts the running jobs (they are requeued)."""
+    def stop(self, graceful: bool = True, reason: str = "signal") -> None:
+        """Stop dequeuing; ``graceful=False`` also interrupts the running jobs (they are requeued).
+
+        :param reason: passed to ``mrq_worker_stopping`` (the first reason given wins).
+        """
+        self.stop_reason = self.stop_reason or reason
         if not self._graceful:
             self._graceful = True
             self.log.info("Stopping: no new jobs; waiting for %d running job(s)", len(self.jobs))
@@ -227,7 +237,7 @@ class Worker:
                     if critical:
                         self.log.critical("Service %s died; stopping the worker (exit code 1)", name, exc_info=True)
                         self.exitcode = 1
-                        self.stop(graceful=True)
+                        self.stop(graceful=True, reason="service")
                         return
                     self.log.exception("Service %s failed%s", name, "; restarting in 5 s" if restart else "")
                     if not restart:
@@ -244,12 +254,14 @@ class Worker:
         while not self._graceful:
             if max_time and time.monotonic() - self._started_at > max_time:
                 self.log.info("--max_time %s reached", max_time)
+                self.stop_reason = "max_time"
                 break
             free = self._wait_for_slots()
             if max_jobs:
                 free = min(free, max_jobs - self.counters["dequeued"])
                 if free <= 0:
                     self.log.info("--max_jobs %d reached", max_jobs)
+                    self.stop_reason = "max_jobs"
                     break
             self.status = "spawn"
             try:
@@ -264,6 +276,7 @@ class Worker:
                 continue
             if strategy == "burst":
                 if self.pool.free_count() == self.greenlets and not len(self.writer):
+                    self.stop_reason = "burst"
                     break
                 self.status = "wait"
                 self.broker.wait(self.active_queues, 0.1)  # running jobs may queue more
@@ -481,11 +494,23 @@ class Worker:
         interval, ttl = float(self.config["heartbeat_interval"]), float(self.config["heartbeat_ttl"])
         while True:
             try:
-                for sid in self.broker.heartbeat(str(self.id), ttl, self.status):
+                kills, data_lost = self.broker.beat(str(self.id), ttl, self.status)
+                for sid in kills:
                     self._kill_job(ObjectId(sid))
+                if data_lost:  # in a greenlet of its own: never delays the next heartbeat
+                    gevent.spawn(self._on_redis_data_lost)
             except Exception as exc:  # noqa: BLE001 - Redis down: keep trying
                 self.log.warning("Heartbeat failed: %s: %s", type(exc).__name__, exc)
             gevent.sleep(interval)
+
+    def _on_redis_data_lost(self) -> None:
+        self.log.warning("MRQ's marker key is missing from Redis: its data was lost (or this is the first worker "
+                         "on it); calling mrq_redis_data_lost")
+        self.counters["redis_data_lost"] += 1
+        try:
+            self.plugins.hook.mrq_redis_data_lost(worker=self)
+        except Exception:
+            self.log.exception("A plugin failed in mrq_redis_data_lost")
 
     def _kill_job(self, job_id: ObjectId) -> None:
         job = self.jobs.get(job_id)
@@ -521,7 +546,7 @@ class Worker:
             self._requeue_orphans()
             if max_memory and self.memory_mb() > max_memory and not self._graceful:
                 self.log.warning("Memory %d MB above --max_memory %d MB: stopping", self.memory_mb(), max_memory)
-                self.stop(graceful=True)
+                self.stop(graceful=True, reason="max_memory")
 
     def memory_mb(self) -> int:
         return int(self._process.memory_info().rss / 1024 / 1024)

@@ -38,6 +38,8 @@ def test_function_task_and_failure(mrq_worker):
     assert data["exceptiontype"] == "ValueError"
     assert "kaput" in data["traceback"]
     assert "pluggy" not in data["traceback"]
+    frames = [line for line in data["traceback"].splitlines() if line.strip().startswith("File ")]
+    assert "tests/tasks/general.py" in frames[0], data["traceback"]  # starts at the task's own frame
     assert len(data["traceback_history"]) == 1
     data = Job(missing).fetch().data
     assert data["status"] == "failed"

@@ -332,14 +332,6 @@ class Cleaner:
             counts["dead_worker"] = dead
         return counts
 
-    def check_epoch(self) -> bool:
-        """True if the marker key is missing (first start, or Redis lost its data) and this process set it:
-        the caller then rebuilds the queues from MongoDB."""
-        key = self.broker.key("cleaning", "epoch")
-        if self.broker.redis.exists(key):
-            return False
-        return bool(self.broker.redis.set(key, repr(time.time()), nx=True))
-
     def rebuild(self, detected: datetime.datetime | None = None) -> dict[str, int]:
         """Redis lost its data (or this is the first start): push back every job whose document says it waits
         or runs and of which Redis has no trace; started jobs wait until Redis has been up for 2 heartbeat

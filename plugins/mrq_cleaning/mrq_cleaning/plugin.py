@@ -83,15 +83,18 @@ def make_services(worker: Any) -> list[Callable[[], None]]:
         service.__name__ = f"cleaning_{name}"
         return service
 
-    services = [loop(name, lambda n=name, f=func, i=interval: cleaner.run_locked(n, f, i), _tick(interval))
-                for name, func, interval in passes if interval > 0]
-    if bool(c.get("cleaning_rebuild", True)):
-        def rebuild_if_needed() -> None:
-            if cleaner.check_epoch():
-                cleaner.run_locked("rebuild", cleaner.rebuild)
+    return [loop(name, lambda n=name, f=func, i=interval: cleaner.run_locked(n, f, i), _tick(interval))
+            for name, func, interval in passes if interval > 0]
 
-        services.append(loop("rebuild", rebuild_if_needed, 1.0))
-    return services
+
+@hookimpl
+def mrq_redis_data_lost(worker: Any) -> None:
+    """Redis lost MRQ's data (or this is its first worker): rebuild the queues from MongoDB."""
+    from mrq_cleaning.core import Cleaner
+
+    if bool(worker.config.get("cleaning_rebuild", True)):
+        cleaner = Cleaner(worker.config, worker.log, COUNTERS)
+        cleaner.run_locked("rebuild", cleaner.rebuild)
 
 
 @hookimpl

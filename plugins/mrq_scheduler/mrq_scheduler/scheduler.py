@@ -311,36 +311,35 @@ class Scheduler:
             self.next_runs[entry.hash] = new
 
     def fire(self, doc: dict[str, Any], at: dt.datetime) -> ObjectId | None:
-        """Claim the period of ``doc`` (as read) and queue its job; ``None`` if another process claimed it
-        first or queueing failed (then the claim is reverted and the next check retries).
+        """Queue the job of the due period of ``doc`` (as read), then claim the period; ``None`` if another
+        process claimed it first (its job is the same one: nothing more was created) or queueing failed (the next
+        check retries).
 
-        The entry's hash and the claimed period (``old``, stored as ``last_run``; a revert keeps it) identify
-        the job: once ``queue_job`` takes a caller-given id that creates nothing if it exists, deriving the id
-        from both makes a retry of this period, after a revert or a SIGKILL between claim and queue, harmless.
+        Exactly once, whatever crashes: the job's id is derived from the entry's hash and the period
+        (:func:`mrq.job.job_id_for`), and ``queue_job`` with a caller-given id creates nothing if it exists. So
+        a process killed between the two steps leaves a queued job and an unclaimed period; the next check queues
+        the same id again (a no-op) and claims the period.
         """
-        from mrq.job import queue_job
+        from mrq.job import job_id_for, queue_job
 
         entry = self.entries[doc["hash"]]
         old = doc["next_run"]
         new = to_mongo(entry.next_run(at, previous=from_mongo(old)))
-        claim = self.collection.update_one(
-            {"_id": doc["_id"], "next_run": old},
-            {"$set": {"next_run": new, "last_run": old, "datelastqueued": to_mongo(at)}, "$inc": {"queued_count": 1}})
-        if claim.matched_count != 1:
-            self.stats["claims_lost"] += 1
-            return None
+        job_id = job_id_for(f"mrq_scheduler:{entry.hash}:{old.isoformat()}")
         try:
-            job_id = queue_job(entry.path, entry.params, queue=entry.queue)
+            queue_job(entry.path, entry.params, queue=entry.queue, job_id=job_id)
         except Exception as exc:
             self.stats["errors"] += 1
             self.log.error("scheduler: could not queue %s (%s): %s: %s; retrying at the next check",
                            entry.path, entry.describe(), type(exc).__name__, exc)
-            self.collection.update_one(
-                {"_id": doc["_id"], "next_run": new},
-                {"$set": {"next_run": old, "last_run": doc.get("last_run"),
-                          "datelastqueued": doc.get("datelastqueued")}, "$inc": {"queued_count": -1}})
             return None
-        self.collection.update_one({"_id": doc["_id"]}, {"$set": {"last_job": job_id}})
+        claim = self.collection.update_one(
+            {"_id": doc["_id"], "next_run": old},
+            {"$set": {"next_run": new, "last_run": old, "datelastqueued": to_mongo(at), "last_job": job_id},
+             "$inc": {"queued_count": 1}})
+        if claim.matched_count != 1:
+            self.stats["claims_lost"] += 1
+            return None
         self.queued[entry.hash] += 1
         self.next_runs[entry.hash] = new
         self.log.info("scheduler: queued %s %s (%s, period %s UTC), next run %s UTC", entry.path, job_id,

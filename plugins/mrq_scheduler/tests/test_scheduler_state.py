@@ -29,7 +29,8 @@ def s(seconds: float) -> dt.datetime:
 
 
 def jobs(**query):
-    return list(connections.mongodb_jobs["mrq_jobs"].find({"path": T, **query}, sort=[("_id", 1)]))
+    # In the order queued: a period's job id is derived from the period, not from the time.
+    return list(connections.mongodb_jobs["mrq_jobs"].find({"path": T, **query}, sort=[("datequeued", 1)]))
 
 
 def state():
@@ -151,7 +152,7 @@ Z = {"path": T, "params": {"a": 12, "b": 0}, "interval": 10}   # added by the ne
 
 def runs(raw) -> list[dt.datetime]:
     """When the jobs of one entry were queued (simulated time), from its params."""
-    found = connections.mongodb_jobs["mrq_jobs"].find({"path": T, "params": raw["params"]}, sort=[("_id", 1)])
+    found = connections.mongodb_jobs["mrq_jobs"].find({"path": T, "params": raw["params"]}, sort=[("datequeued", 1)])
     return [d["_id"] for d in found]
 
 
@@ -291,3 +292,27 @@ def test_named_definitions_first_declared_at_the_same_time_the_highest_hash_wins
     every = high["interval"]
     assert seconds_of(queued, high) == [1, *range(every, 31, every)]  # first slot at 0, checked at 1
     assert seconds_of(queued, low) == []
+
+
+def test_a_crash_between_queueing_and_claiming_makes_no_second_job(monkeypatch):
+    """A process killed after queueing a period's job but before claiming the period: the next process queues the
+    same job id again (nothing is created) and claims the period. One job per period, whatever crashes."""
+    tasks = [{"path": T, "params": {"a": 1, "b": 3}, "interval": 10}]
+    a, b = make(tasks), make(tasks)
+    assert len(a.check(s(0))) == 1
+    (doc,) = a.due(s(10))
+
+    class Killed(BaseException):
+        pass
+
+    def die(*args, **kwargs):
+        raise Killed  # the process dies right after queue_job, before the claim
+
+    monkeypatch.setattr(a.collection, "update_one", die)
+    with pytest.raises(Killed):
+        a.fire(doc, s(10))
+    monkeypatch.undo()
+    assert len(jobs()) == 2                     # the job of the period is queued, the period is not claimed
+    assert len(b.check(s(10.5))) == 1           # the next process "queues" it again and claims the period
+    assert len(jobs()) == 2                     # ...without a second job
+    assert next(iter(state().values()))["last_job"] == jobs()[-1]["_id"]
