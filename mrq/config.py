@@ -116,7 +116,8 @@ OPTIONS: tuple[Option, ...] = (
     # -- connections
     Option("redis", str, "redis://127.0.0.1:6379/0",
            "Redis URI: redis://[:password@]host:port/db, rediss:// for TLS, "
-           "redis+sentinel://[:password@]host:port[,host:port]/service/db for Sentinel."),
+           "redis+sentinel://[:password@]host:port[,host:port]/service/db for Sentinel, "
+           "redis+cluster://[:password@]host:port[,host:port] for a Redis Cluster (rediss+cluster:// for TLS)."),
     Option("redis_prefix", str, "mrq", "Prefix (and Cluster hash tag) of every Redis key MRQ writes."),
     Option("redis_max_connections", int, 1000, "Size of the Redis connection pool of a process."),
     Option("mongodb_jobs", str, "mongodb://127.0.0.1:27017/mrq",

@@ -58,6 +58,8 @@ def test_worker_bad_config_exits_2(mrq_urls, pytestconfig):
     assert "greenlets" in out.stderr and "'many' is not a valid int" in out.stderr
     out = run(["worker", "--redis", "http://nope"], mrq_urls, pytestconfig.rootpath)
     assert out.returncode == 2 and "is not a Redis URI" in out.stderr
+    out = run(["worker", "--redis", "redis+cluster://127.0.0.1:7000/0"], mrq_urls, pytestconfig.rootpath)
+    assert out.returncode == 2 and "a Redis Cluster has only database 0" in out.stderr
 
 
 def test_version(mrq_urls, pytestconfig):

@@ -32,6 +32,7 @@ from mrq.context import connections, get_broker, get_current_config
 from mrq.job import JOBS, utcnow
 from mrq.recovery import requeue_dead_worker_jobs
 from mrq.task import task_settings
+from redis.cluster import RedisCluster
 
 __all__ = ["Cleaner", "DEFAULTS", "push_if_absent", "chunks"]
 
@@ -107,12 +108,17 @@ class Cleaner:
         return min(self.heartbeat_ttl, 2 * interval + 1)
 
     def redis_settled(self) -> bool:
-        """False during the first 2 heartbeat TTLs after Redis (re)started: heartbeats may be missing then."""
+        """False during the first 2 heartbeat TTLs after Redis (re)started: heartbeats may be missing then. On a
+        Redis Cluster, the Redis asked is the node that holds MRQ's keys (all in one slot)."""
+        r = self.broker.redis
         try:
-            uptime = float(self.broker.redis.info("server").get("uptime_in_seconds", 1e9))
+            if isinstance(r, RedisCluster):  # a bare INFO goes to redis-py's default node
+                info = r.info("server", target_nodes=r.get_node_from_key(self.broker.key("hb")))
+            else:
+                info = r.info("server")
         except redis.exceptions.ResponseError:  # INFO disabled (renamed command): trust the heartbeats
             return True
-        return uptime >= 2 * self.heartbeat_ttl
+        return float(info.get("uptime_in_seconds", 1e9)) >= 2 * self.heartbeat_ttl
 
     # ------------------------------------------------------------------ locking
     def run_locked(self, name: str, func: Callable[[], Any], interval: float = 0,
