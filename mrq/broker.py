@@ -556,16 +556,30 @@ class Broker:
         """Refresh the worker's heartbeat and take the kill requests addressed to it."""
         return self.beat(worker_id, ttl, value)[0]
 
-    def beat(self, worker_id: str, ttl: float, value: str = "1") -> tuple[list[str], bool]:
+    def beat(self, worker_id: str, ttl: float, value: str = "1") -> tuple[list[str], bool, str]:
         """:meth:`heartbeat`, and in the same MULTI set MRQ's marker key if it is missing: returns the kill
-        requests, and whether the marker was missing (Redis lost MRQ's data, or was never used: this caller is
-        the one, across all workers, to react to it)."""
+        requests, whether the marker was missing (Redis lost MRQ's data, or was never used: this caller is the
+        one, across all workers, to react to it), and the marker's value (it changes when Redis lost its data)."""
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(self.key("hb", worker_id), value, px=int(ttl * 1000))
         pipe.spop(self.key("kill", worker_id), 1000)
         pipe.set(self.key("epoch"), repr(time.time()), nx=True)
-        _, kills, marked = pipe.execute()
-        return [_s(k) for k in kills or []], bool(marked)
+        pipe.get(self.key("epoch"))
+        _, kills, marked, epoch = pipe.execute()
+        return [_s(k) for k in kills or []], bool(marked), _s(epoch)
+
+    def record_inflight(self, worker_id: str, entries: Sequence[tuple[str, str, str | None, float | None]]) -> None:
+        """Write in-flight records again (``(job id, queue, raw payload or None, score or None)``): after Redis lost
+        its data, a live worker puts back the records of the jobs it runs or has not acknowledged yet, so that
+        nothing requeues them while they are in its hands."""
+        if not entries:
+            return
+        now = repr(time.time())
+        mapping = {}
+        for job_id, queue, payload, score in entries:
+            mapping[job_id] = (f"{worker_id} {now} {queue}" if payload is None else
+                               f"{worker_id} {now} {queue} {'-' if score is None else repr(score)} {payload}")
+        self.redis.hset(self.inflight_key, mapping=mapping)
 
     def forget_worker(self, worker_id: str) -> None:
         self.redis.delete(self.key("hb", worker_id), self.key("kill", worker_id))

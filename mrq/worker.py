@@ -75,6 +75,9 @@ class Worker:
         self._stopping = False
         self.stop_reason: str | None = None
         self._memory_kill = False
+        self._epoch: str | None = None  # MRQ's marker key in Redis: it changes when Redis lost its data
+        #: job id -> (queue, raw payload, score) of the jobs dequeued and not yet known to be acknowledged
+        self._held: dict[str, tuple[str, str | None, float | None]] = {}
         self._main: gevent.Greenlet | None = None
         self._services: list[gevent.Greenlet] = []
         self._settings: dict[str, TaskSettings] = {}
@@ -293,7 +296,9 @@ class Worker:
                 gevent.sleep(1)
 
     def _wait_for_slots(self) -> int:
-        self.writer.wait_for_room(max(500, 10 * self.greenlets))
+        # Statuses waiting to be stored are jobs a SIGKILL would run again: keep the backlog small (MongoDB's
+        # cost is per document, so bigger batches would not write faster).
+        self.writer.wait_for_room(max(100, 2 * self.greenlets))
         if self.pool.free_count() == 0:
             self.status = "full"
             self.pool.wait_available()
@@ -315,6 +320,10 @@ class Worker:
         if not popped and not raw:
             return 0
         self.counters["dequeued"] += len(popped) + len(raw)
+        for queue, sid in popped:
+            self._held[sid] = (queue, None, None)
+        for item in raw:
+            self._held[item.job_id] = (item.queue, item.payload, item.score)
         jobs = self._regular_jobs(popped) if popped else []
         if raw:
             jobs += self._raw_jobs(raw)
@@ -518,14 +527,30 @@ class Worker:
         interval, ttl = float(self.config["heartbeat_interval"]), float(self.config["heartbeat_ttl"])
         while True:
             try:
-                kills, data_lost = self.broker.beat(str(self.id), ttl, self.status)
+                kills, data_lost, epoch = self.broker.beat(str(self.id), ttl, self.status)
                 for sid in kills:
                     self._kill_job(ObjectId(sid))
+                if self._epoch is not None and epoch != self._epoch:
+                    # Before a rebuild can requeue what this worker holds; in a greenlet of its own, as it waits
+                    # for the status writer's lock (a write in progress), and the heartbeat waits on Redis only.
+                    gevent.spawn(self._record_inflight_again)
+                self._epoch = epoch
                 if data_lost:  # in a greenlet of its own: never delays the next heartbeat
                     gevent.spawn(self._on_redis_data_lost)
             except Exception as exc:  # noqa: BLE001 - Redis down: keep trying
                 self.log.warning("Heartbeat failed: %s: %s", type(exc).__name__, exc)
             gevent.sleep(interval)
+
+    def _record_inflight_again(self) -> None:
+        """Redis lost its data, in-flight records included: write again those of the jobs this worker runs or has
+        not acknowledged, so that the rebuild of the queues does not run them a second time elsewhere."""
+        held = {str(i) for i in self.jobs} | self.writer.tracked_ids() | self._popped
+        entries = [(i, *self._held[i]) for i in held if i in self._held]
+        try:
+            self.broker.record_inflight(str(self.id), entries)
+            self.log.warning("Redis lost its data: %d in-flight record(s) of this worker written again", len(entries))
+        except Exception as exc:  # noqa: BLE001 - Redis down again: the cleaning plugin's checks still apply
+            self.log.warning("Could not write in-flight records again: %s: %s", type(exc).__name__, exc)
 
     def _on_redis_data_lost(self) -> None:
         self.log.warning("MRQ's marker key is missing from Redis: its data was lost (or this is the first worker "
@@ -567,6 +592,8 @@ class Worker:
         max_memory = int(self.config.get("max_memory") or 0)
         while True:
             gevent.sleep(interval if interval > 0 else 3600)
+            held = {str(i) for i in self.jobs} | self.writer.tracked_ids() | self._popped
+            self._held = {i: v for i, v in self._held.items() if i in held}
             self._requeue_orphans()
             if not max_memory or self.memory_mb() <= max_memory:
                 continue

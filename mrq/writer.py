@@ -12,6 +12,7 @@ its status is stored.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,8 @@ class _Pending:
     set: dict[str, Any] = field(default_factory=dict)
     push: list[dict[str, Any]] = field(default_factory=list)
     insert: dict[str, Any] | None = None  # a raw job's first stored status: the document is created (upsert)
+    final: bool = False                   # the job ended: written with the next flush, which it triggers
+    created: float = field(default_factory=time.monotonic)
 
 
 class StatusWriter:
@@ -87,6 +90,7 @@ class StatusWriter:
         """
         if store:
             pending = self._pending.setdefault(job_id, _Pending(st.allowed_from(outcome.status)))
+            pending.final = True
             pending.set.update(outcome.set)
             if outcome.push_history:
                 pending.push.append(outcome.push_history)
@@ -102,8 +106,9 @@ class StatusWriter:
             self._ack.release.append((outcome.release, sid))
         if outcome.raw_push:
             self._ack.raw.append(outcome.raw_push)
-        if len(self._pending) >= self.max_batch or len(self._ack.done) >= self.max_batch:
-            self._wakeup.set()
+        # A job's end is written at once (the loop wakes up; what ends meanwhile joins the next write): a worker
+        # killed before its ends are stored runs those jobs again elsewhere, so the window is kept short.
+        self._wakeup.set()
 
     def tracked_ids(self) -> set[str]:
         """Ids whose status or acknowledgement is not yet stored (they are still in flight in Redis)."""
@@ -139,12 +144,13 @@ class StatusWriter:
             self._closed = True
         self._wakeup.set()
 
-    def flush_once(self) -> bool:
-        """Write what is pending; return False (keeping it) if a server did not answer."""
+    def flush_once(self, everything: bool = False) -> bool:
+        """Write what is pending (job ends, and "started" statuses older than one interval; ``everything``: all);
+        return False (keeping it) if a server did not answer."""
         with self._lock:
             self._in_progress = len(self._pending) + bool(self._ack)
             try:
-                return self._flush_once()
+                return self._flush_once(everything)
             finally:
                 self._in_progress = 0
                 self._flushed.set()
@@ -157,10 +163,16 @@ class StatusWriter:
             self._wakeup.set()
             self._flushed.wait(max(self.interval, 0.05))
 
-    def _flush_once(self) -> bool:
+    def _flush_once(self, everything: bool = False) -> bool:
         # Take the statuses and the acknowledgements that go with them together: a job
         # that ends while this batch is being written is acknowledged only with its own write.
-        pending, self._pending = self._pending, {}
+        # A "started" status waits up to one interval, to be merged with the end of a quick job.
+        cutoff = time.monotonic() - self.interval
+        if everything or all(p.final or p.created <= cutoff for p in self._pending.values()):
+            pending, self._pending = self._pending, {}
+        else:
+            pending = {i: p for i, p in self._pending.items() if p.final or p.created <= cutoff}
+            self._pending = {i: p for i, p in self._pending.items() if i not in pending}
         ack, self._ack = self._ack, AckBatch()
         if pending:
             ops = []
@@ -248,5 +260,5 @@ class StatusWriter:
         """Flush until nothing is pending or ``timeout`` passes; True if everything was written."""
         with gevent.Timeout(timeout, False):
             while len(self):
-                self.flush_once()
+                self.flush_once(everything=True)
         return not len(self)

@@ -427,3 +427,22 @@ def test_a_new_subqueue_is_served_at_once(mrq_worker):
     assert time.monotonic() - started < 3
     mrq_worker.wait_for_idle()
     assert get_broker().known_queues() == []  # both emptied, both forgotten
+
+
+def test_after_redis_lost_its_data_a_worker_writes_its_in_flight_records_again(mrq_worker, mrq_config, tmp_path):
+    """Redis restarted empty while a job runs: the worker notices with its next heartbeat and writes the job's
+    in-flight record again, so that no rebuild of the queues runs it a second time elsewhere."""
+    from mrq.context import get_broker
+    from mrq.testing import wait_until
+
+    mrq_worker.start("--greenlets", "2")
+    runs = tmp_path / "runs"
+    job_id = queue_job(T + "Record", {"file": str(runs), "t": 5})
+    wait_until(lambda: runs.exists(), what="job started")
+    broker = get_broker()
+    broker.redis.flushall()
+    (record,) = wait_until(lambda: broker.inflight(), timeout=5, what="the in-flight record written again")
+    assert record.job_id == str(job_id) and record.worker_id == str(mrq_worker.report()["_id"])
+    assert record.queue == "default"
+    assert Job(job_id).wait(timeout=20) == "recorded"
+    wait_until(lambda: not broker.inflight(), timeout=5, what="acknowledged")

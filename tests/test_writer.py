@@ -183,11 +183,11 @@ def test_the_flush_loop_survives_an_unexpected_error(parts, monkeypatch):
     calls = []
     real = writer._flush_once
 
-    def flaky():
+    def flaky(everything=False):
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("a bug")
-        return real()
+        return real(everything)
 
     monkeypatch.setattr(writer, "_flush_once", flaky)
     loop = gevent.spawn(writer.run)
@@ -197,5 +197,27 @@ def test_the_flush_loop_survives_an_unexpected_error(parts, monkeypatch):
             while db["mrq_jobs"].find_one({"_id": job_id})["status"] != "success":
                 gevent.sleep(0.02)
         assert not loop.dead and writer.errors == 1
+    finally:
+        loop.kill()
+
+
+def test_a_job_end_is_written_at_once_and_a_started_status_waits_to_be_merged(parts):
+    """The window in which a SIGKILLed worker would leave a finished job to run again is one write, not one
+    interval; a "started" status still waits up to an interval, to become one update with a quick job's end."""
+    import gevent
+
+    db, broker = parts
+    ended, running = _queued(db, 2)
+    writer = StatusWriter(db["mrq_jobs"], broker, 5.0)  # a long interval: only a job's end triggers a write
+    loop = gevent.spawn(writer.run)
+    try:
+        writer.started(running, {"status": st.STARTED})
+        writer.started(ended, {"status": st.STARTED})
+        writer.finished(ended, Outcome(st.SUCCESS, set={"status": st.SUCCESS}))
+        with gevent.Timeout(2):
+            while db["mrq_jobs"].find_one({"_id": ended})["status"] != "success":
+                gevent.sleep(0.01)
+        assert db["mrq_jobs"].find_one({"_id": running})["status"] == "queued"  # not written separately yet
+        assert writer.written == 1
     finally:
         loop.kill()
