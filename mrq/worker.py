@@ -298,7 +298,7 @@ class Worker:
     def _wait_for_slots(self) -> int:
         # Statuses waiting to be stored are jobs a SIGKILL would run again: keep the backlog small (MongoDB's
         # cost is per document, so bigger batches would not write faster).
-        self.writer.wait_for_room(max(100, 2 * self.greenlets))
+        self.writer.wait_for_room(max(50, self.greenlets))
         if self.pool.free_count() == 0:
             self.status = "full"
             self.pool.wait_available()
@@ -531,9 +531,7 @@ class Worker:
                 for sid in kills:
                     self._kill_job(ObjectId(sid))
                 if self._epoch is not None and epoch != self._epoch:
-                    # Before a rebuild can requeue what this worker holds; in a greenlet of its own, as it waits
-                    # for the status writer's lock (a write in progress), and the heartbeat waits on Redis only.
-                    gevent.spawn(self._record_inflight_again)
+                    self._record_inflight_again()  # at once: before a rebuild can requeue what this worker holds
                 self._epoch = epoch
                 if data_lost:  # in a greenlet of its own: never delays the next heartbeat
                     gevent.spawn(self._on_redis_data_lost)

@@ -57,6 +57,7 @@ class StatusWriter:
         self._ack = AckBatch()       # Redis changes of the statuses in _pending
         self._unacked = AckBatch()   # Redis changes of statuses already stored
         self._unverified: list[tuple[ObjectId, str, dict[str, Any]]] = []  # stored, some refused: check which
+        self._writing: set[str] = set()  # ids of the batch out being written (swapped out of _pending/_ack)
         self._wakeup = gevent.event.Event()
         self._flushed = gevent.event.Event()  # set after each flush: wakes wait_for_room()
         self._lock = gevent.lock.RLock()  # one flush at a time; never kill the loop mid-write
@@ -111,9 +112,10 @@ class StatusWriter:
         self._wakeup.set()
 
     def tracked_ids(self) -> set[str]:
-        """Ids whose status or acknowledgement is not yet stored (they are still in flight in Redis)."""
-        with self._lock:  # not while a batch is out being written
-            return ({str(i) for i in self._pending} | set(self._ack.done) | set(self._unacked.done))
+        """Ids whose status or acknowledgement is not yet stored (they are still in flight in Redis), the batch
+        being written included. Takes no lock: the heartbeat may call it while MongoDB is slow."""
+        return ({str(i) for i in self._pending} | set(self._ack.done) | set(self._unacked.done)
+                | self._writing)
 
     def acknowledge(self, job_id: str, push_back_to: str | None = None) -> None:
         """Drop an in-flight record with no status write: a job that must not run (already ended), or that
@@ -174,6 +176,13 @@ class StatusWriter:
             pending = {i: p for i, p in self._pending.items() if p.final or p.created <= cutoff}
             self._pending = {i: p for i, p in self._pending.items() if i not in pending}
         ack, self._ack = self._ack, AckBatch()
+        self._writing = {str(i) for i in pending} | set(ack.done)
+        try:
+            return self._write(pending, ack)
+        finally:
+            self._writing = set()
+
+    def _write(self, pending: dict[ObjectId, _Pending], ack: AckBatch) -> bool:
         if pending:
             ops = []
             for job_id, p in pending.items():
