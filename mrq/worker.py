@@ -122,6 +122,7 @@ class Worker:
         # The kernel's services, each in its own greenlet so that none waits on another: the heartbeat talks to
         # Redis only (a slow MongoDB must never make a live worker look dead), logs and reports to MongoDB.
         self._spawn_service("writer", self.writer.run, critical=True)
+        self._spawn_service("marks", self.writer.run_marks, critical=True)
         self._spawn_service("heartbeat", self._heartbeat_loop, critical=True)
         self._spawn_service("logs", self._logs_loop, critical=True)
         self._spawn_service("report", self._report_loop, critical=True)

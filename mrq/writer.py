@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import bson
 import gevent
 import gevent.event
 import gevent.lock
@@ -27,7 +28,24 @@ from mrq import status as st
 from mrq.broker import AckBatch, Broker
 from mrq.job import Outcome
 
-__all__ = ["StatusWriter"]
+__all__ = ["StatusWriter", "end_mark", "MAX_MARK_BYTES"]
+
+#: A job end larger than this (a big result or traceback) is not marked in Redis: if its worker dies before the
+#: status is stored, the job runs again instead.
+MAX_MARK_BYTES = 64 * 1024
+
+
+def end_mark(pending: _Pending | None, outcome: Outcome) -> bytes | None:
+    """The encoded end of a job (its status write and the Redis side of it), for :meth:`Broker.mark_done`."""
+    doc: dict[str, Any] = {"delayed": list(outcome.delayed) if outcome.delayed else None, "requeue": outcome.requeue,
+                           "release": outcome.release, "raw": list(outcome.raw_push) if outcome.raw_push else None}
+    if pending is not None:
+        doc.update(set=pending.set, push=pending.push, allowed=sorted(pending.allowed), insert=pending.insert)
+    try:
+        data = bson.encode(doc)
+    except Exception:  # noqa: BLE001 - not encodable: no mark (the job would run again after a crash)
+        return None
+    return data if len(data) <= MAX_MARK_BYTES else None
 
 log = logging.getLogger("mrq.writer")
 
@@ -58,6 +76,8 @@ class StatusWriter:
         self._unacked = AckBatch()   # Redis changes of statuses already stored
         self._unverified: list[tuple[ObjectId, str, dict[str, Any]]] = []  # stored, some refused: check which
         self._writing: set[str] = set()  # ids of the batch out being written (swapped out of _pending/_ack)
+        self._marks: dict[str, bytes] = {}  # job ends to record in Redis at once (see run_marks)
+        self._marks_wakeup = gevent.event.Event()
         self._wakeup = gevent.event.Event()
         self._flushed = gevent.event.Event()  # set after each flush: wakes wait_for_room()
         self._lock = gevent.lock.RLock()  # one flush at a time; never kill the loop mid-write
@@ -107,6 +127,10 @@ class StatusWriter:
             self._ack.release.append((outcome.release, sid))
         if outcome.raw_push:
             self._ack.raw.append(outcome.raw_push)
+        mark = end_mark(self._pending.get(job_id) if store else None, outcome)
+        if mark is not None:
+            self._marks[sid] = mark
+            self._marks_wakeup.set()
         # A job's end is written at once (the loop wakes up; what ends meanwhile joins the next write): a worker
         # killed before its ends are stored runs those jobs again elsewhere, so the window is kept short.
         self._wakeup.set()
@@ -139,6 +163,25 @@ class StatusWriter:
                     self.errors += 1
                     log.exception("Status flush failed; the batch is kept and retried")
                     gevent.sleep(min(1.0, self.interval * 2))
+
+    def run_marks(self) -> None:
+        """Record job ends in Redis as soon as they happen (a greenlet of the worker, Redis only): a worker killed
+        before their statuses are stored leaves them there, and the recovery of its jobs stores them instead of
+        running the jobs again. One HSET per wake-up, for every end since the last one."""
+        while True:
+            self._marks_wakeup.wait()
+            self._marks_wakeup.clear()
+            marks, self._marks = self._marks, {}
+            if not marks:
+                continue
+            try:
+                self.broker.mark_done(marks)
+            except Exception as exc:  # noqa: BLE001 - Redis down: the marks wait (they are a safety net only)
+                self._marks = marks | self._marks
+                log.warning("Recording %d job ends in Redis failed (%s: %s); retrying", len(marks),
+                            type(exc).__name__, exc)
+                gevent.sleep(min(1.0, self.interval * 2))
+                self._marks_wakeup.set()
 
     def close(self) -> None:
         """Stop the flush loop, once it is not writing (then :meth:`flush` what is left)."""

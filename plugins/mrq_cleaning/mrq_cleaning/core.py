@@ -176,6 +176,7 @@ class Cleaner:
                 # --max_worker_deaths workers; raw jobs go back into their raw queue.
                 result = requeue_dead_worker_jobs(batch, worker_id, self.config.get("max_worker_deaths"))
                 ids, poisoned = result["requeued"], result["poisoned"]
+                self.counters["ends_stored"] += len(result["recovered"])  # ended: stored, not run again
                 total += len(ids)
                 self.counters["dead_worker"] += len(ids)
                 self.counters["requeued"] += len(ids)
