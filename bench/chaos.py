@@ -113,14 +113,16 @@ def analyse(record: str, n: int, events: list[dict[str, Any]]) -> dict[str, Any]
     for job_runs in runs.values():
         for run, following in zip(job_runs, job_runs[1:], strict=False):
             pid, start, end = run["pid"], run["start"], run["end"]
+            # A Redis data loss between this run and the next: the rebuild of the queues pushed it again.
+            lost_meanwhile = any((end or start) - 1 <= t <= following["start"] for t in losses)
             if end is None and pid in killed:
                 causes["running when its worker was SIGKILLed"] += 1
             elif end is None and pid in termed:
                 causes["running when its worker was SIGTERMed (interrupted, requeued)"] += 1
-            elif end is not None and pid in killed and killed[pid] >= end:
-                causes["finished, status not yet stored when its worker was SIGKILLed"] += 1
-            elif any(start - 1 <= t <= following["start"] for t in losses):
+            elif lost_meanwhile:
                 causes["Redis lost its data meanwhile (queues rebuilt)"] += 1
+            elif end is not None and pid in killed and end <= killed[pid] <= following["start"]:
+                causes["finished, status not yet stored when its worker was SIGKILLed"] += 1
             else:
                 causes["other (a requeue racing the job)"] += 1
     ran = sum(1 for i in range(n) if runs.get(i))
@@ -195,7 +197,11 @@ def main(argv: list[str] | None = None) -> int:
                 redis_server.stop()
                 redis_server.start()
             elif kind == "mongo_restart":
-                mongo_server.stop()
+                # A graceful restart (SIGTERM): given time to shut down cleanly, as a real one would, so that the
+                # test server does not lose acknowledged writes (a SIGKILL of SecantusDB loses its unflushed ones).
+                t_stop = time.time()
+                mongo_server.stop(timeout=120)
+                event["stop_s"] = round(time.time() - t_stop, 1)
                 mongo_server.start()
             else:
                 server = redis_server if kind == "redis_freeze" else mongo_server
@@ -205,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                 os.kill(server.pid, signal.SIGCONT)
                 event["seconds"] = round(pause, 1)
             events.append(event)
-            log(f"chaos: {time.time() - t0:6.1f}s {kind} {event.get('pid', '')}")
+            log(f"chaos: {time.time() - t0:6.1f}s {kind} {event.get('pid', '')}{event.get('stop_s', '')}")
         deadline = started + timeout
         done = 0
         while time.time() < deadline:
