@@ -76,8 +76,8 @@ def worker_pids(front: int) -> list[int]:
     return sorted(out)
 
 
-def final_count(uri: str, n: int) -> int:
-    """Jobs in a final status (0 while MongoDB does not answer)."""
+def final_count(uri: str, n: int) -> int | None:
+    """Jobs in a final status (``None`` while MongoDB does not answer)."""
     import pymongo
 
     from mrq import status as st
@@ -88,7 +88,7 @@ def final_count(uri: str, n: int) -> int:
         return int(client.get_default_database()["mrq_jobs"].count_documents(
             {"status": {"$in": sorted(st.FINAL_STATUSES)}}))
     except pymongo.errors.PyMongoError:
-        return 0
+        return None
     finally:
         client.close()
 
@@ -140,17 +140,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--greenlets", type=int, default=20, help="greenlets per worker (default 20)")
     parser.add_argument("--timeout", type=float, default=0, help="give up after this many seconds "
                         "(default: duration + 300)")
+    parser.add_argument("--faults", default=",".join(EVENTS), help="kinds of faults to draw from, comma-separated "
+                        f"(default: all: {','.join(EVENTS)})")
     parser.add_argument("--json", default="", help="write the figures to this file")
     args = parser.parse_args(argv)
     if args.n <= 0 or args.duration < 0 or args.processes <= 0 or args.greenlets <= 0:
         parser.error("--n, --processes and --greenlets must be positive, --duration >= 0")
+    faults = [f.strip() for f in args.faults.split(",") if f.strip()]
+    if not faults or set(faults) - set(EVENTS):
+        parser.error(f"--faults: choose among {', '.join(EVENTS)}")
     timeout = args.timeout or args.duration + 300
 
     from mrq.servers import MongoServer, RedisServer
 
     rng = random.Random(args.seed)
     count = args.events or max(1, int(args.duration / 5))
-    kinds = [k for k, w in EVENTS.items() for _ in range(w)]
+    kinds = [k for k, w in EVENTS.items() if k in faults for _ in range(w)]
     schedule = sorted(rng.uniform(2, max(3.0, args.duration)) for _ in range(count))
     plan = [(t, rng.choice(kinds), rng.random(), rng.uniform(2, 5)) for t in schedule]
 
@@ -184,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         for at, kind, pick, pause in plan:
             while time.time() - t0 < at:
                 time.sleep(0.2)
-            if final_count(uri, args.n) >= args.n:
+            if (final_count(uri, args.n) or 0) >= args.n:
                 break
             event: dict[str, Any] = {"kind": kind, "t": time.time()}
             if kind in ("kill", "term"):
@@ -213,13 +218,19 @@ def main(argv: list[str] | None = None) -> int:
             events.append(event)
             log(f"chaos: {time.time() - t0:6.1f}s {kind} {event.get('pid', '')}{event.get('stop_s', '')}")
         deadline = started + timeout
-        done = 0
+        done: int | None = 0
         while time.time() < deadline:
             done = final_count(uri, args.n)
-            if done >= args.n:
+            if done is not None and done >= args.n:
                 break
             time.sleep(1)
         wall = time.time() - started
+        if done is None or done < args.n:  # keep what tells why
+            for name, server in (("redis", redis_server), ("mongodb", mongo_server)):
+                with open(os.path.join(workdir, f"{name}.log"), "w") as f:
+                    f.write(server.log_tail(20_000))
+            log(f"chaos: not finished after {timeout:.0f} s ({'MongoDB does not answer' if done is None else done} "
+                f"final); server logs kept in {workdir}")
     finally:
         if front is not None and front.poll() is None:
             front.send_signal(signal.SIGINT)
@@ -233,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         redis_server.cleanup()
         mongo_server.cleanup()
     figures = analyse(record, args.n, events)
-    figures.update(jobs=args.n, events=len(events), not_final=args.n - done, wall_s=round(wall, 1), seed=args.seed,
+    figures.update(jobs=args.n, events=len(events), not_final=args.n - (done or 0), wall_s=round(wall, 1),
+                   seed=args.seed, mongodb_answered=done is not None,
                    event_counts=dict(collections.Counter(e["kind"] for e in events)))
     kinds_text = " ".join(f"{k}={v}" for k, v in sorted(figures["event_counts"].items()))
     print(f"chaos: jobs={args.n} events={len(events)} ({kinds_text}) lost={figures['lost']} "
