@@ -12,6 +12,7 @@ check the per-job cost, and the worker report shows them.
 from __future__ import annotations
 
 import threading
+import warnings
 from collections import Counter
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
@@ -20,7 +21,7 @@ import pymongo
 import redis
 from pymongo import monitoring
 from pymongo.database import Database
-from pymongo.errors import ConfigurationError, InvalidURI
+from pymongo.errors import PyMongoError
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -73,19 +74,22 @@ def make_redis(uri: str, option: str = "redis", max_connections: int = 1000) -> 
     ``redis://``, ``rediss://`` (TLS) and ``unix://`` URIs are read by redis-py; ``redis+sentinel://``
     URIs (see :func:`make_sentinel_redis`) give a client of the master that a Sentinel names.
     """
-    parsed = urlparse(uri)
-    if parsed.scheme in SENTINEL_SCHEMES:
+    scheme = uri.partition("://")[0] if isinstance(uri, str) and "://" in uri else ""
+    if scheme in SENTINEL_SCHEMES:
         return make_sentinel_redis(uri, option, max_connections)
-    if parsed.scheme not in {"redis", "rediss", "unix"}:
+    if scheme not in {"redis", "rediss", "unix"}:
         raise ConnectionsError(
             f"--{option} {uri!r} is not a Redis URI: use redis://[:password@]host:port/db, "
             "rediss://... for TLS, unix:///path/to/socket or "
             "redis+sentinel://[:password@]host:port[,host:port...]/service_name/db.")
     try:
+        if scheme != "unix":
+            urlparse(uri).port  # noqa: B018 - ValueError for a port that is not a number in 0-65535
         client = redis.Redis.from_url(uri, **_client_options(max_connections))
-    except ValueError as exc:
+        pool = client.connection_pool
+        pool.connection_class(**pool.connection_kwargs)  # an unknown ?option: TypeError now, not at first use
+    except (ValueError, TypeError, redis.RedisError) as exc:  # a malformed address, option or value
         raise ConnectionsError(f"--{option} {uri!r} is not a valid Redis URI: {exc}") from None
-    pool = client.connection_pool
     pool.connection_class = _counting(pool.connection_class)
     return client
 
@@ -103,10 +107,9 @@ def _split_hosts(uri: str, default_port: int, bad: Any) -> tuple[str, list[tuple
             host, port = item.strip(), str(default_port)
         if not host:
             raise bad("a server address is empty")
-        try:
-            out.append((host.strip("[]"), int(port)))
-        except ValueError:
-            raise bad(f"port {port!r} of {item!r} is not a number") from None
+        if not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+            raise bad(f"port {port!r} of {item!r} is not a number from 1 to 65535")
+        out.append((host.strip("[]"), int(port)))
     return scheme, out, path, userinfo, query
 
 
@@ -129,6 +132,8 @@ def parse_sentinel_uri(uri: str, option: str = "redis") -> dict[str, Any]:
             f"--{option} {uri!r} is not a valid Sentinel URI ({why}); expected "
             "redis+sentinel://[:password@]host:port[,host:port...]/service_name[/db][?sentinel_password=...].")
 
+    if not isinstance(uri, str) or uri.partition("://")[0] not in SENTINEL_SCHEMES:
+        raise bad("the scheme is redis+sentinel:// or rediss+sentinel://")
     scheme, sentinels, path, userinfo, query = _split_hosts(uri, 26379, bad)
     username, password = _user_password(userinfo)
     parts = [p for p in path.split("/") if p]
@@ -147,7 +152,14 @@ def parse_sentinel_uri(uri: str, option: str = "redis") -> dict[str, Any]:
         sentinel_kwargs["password"] = params["sentinel_password"]
     if params.get("sentinel_username"):
         sentinel_kwargs["username"] = params["sentinel_username"]
-    timeout = float(params["socket_timeout"]) if params.get("socket_timeout") else None
+    timeout = None
+    if params.get("socket_timeout"):
+        try:
+            timeout = float(params["socket_timeout"])
+        except ValueError:
+            timeout = float("nan")
+        if not 0 < timeout < 1e6:  # NaN too
+            raise bad(f"socket_timeout {params['socket_timeout']!r} is not a number of seconds > 0")
     if timeout:
         sentinel_kwargs["socket_timeout"] = timeout
     return {"sentinels": sentinels, "service": unquote(parts[0]), "db": db,
@@ -181,15 +193,18 @@ def make_mongodb(uri: str, option: str = "mongodb_jobs") -> Database:
     if not isinstance(uri, str) or not uri.startswith(("mongodb://", "mongodb+srv://")):
         raise ConnectionsError(f"--{option} {uri!r} is not a valid MongoDB URI; expected "
                                "mongodb://host:port/database[?options] or mongodb+srv://...")
+    client: pymongo.MongoClient | None = None
     try:
-        client: pymongo.MongoClient = pymongo.MongoClient(
-            uri, event_listeners=[_CommandCounter()], tz_aware=False, connect=False)
-    except (InvalidURI, ConfigurationError, ValueError) as exc:
+        with warnings.catch_warnings():  # pymongo ignores an unknown option or a bad value, with a warning
+            warnings.simplefilter("error", UserWarning)
+            client = pymongo.MongoClient(uri, event_listeners=[_CommandCounter()], tz_aware=False, connect=False)
+        return client[client.get_default_database(default="mrq").name]
+    except (PyMongoError, ValueError, TypeError, UserWarning) as exc:  # InvalidURI, ConfigurationError, InvalidName
+        if client is not None:
+            client.close()
         raise ConnectionsError(
             f"--{option} {uri!r} is not a valid MongoDB URI ({exc}); expected "
             "mongodb://host:port/database[?options].") from None
-    name = client.get_default_database(default="mrq").name
-    return client[name]
 
 
 class Connections:
