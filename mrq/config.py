@@ -447,7 +447,13 @@ def get_config(command: str = COMMON, argv: Sequence[str] | None = None,
     from mrq.raw import check_raw_queues
     config["raw_queues"] = check_raw_queues(config.get("raw_queues"))
     if command == "worker":
+        from mrq.exceptions import InvalidParams
+        from mrq.queue import check_queue_name
         for queue in config.get("queues") or []:
+            try:
+                check_queue_name(queue)
+            except InvalidParams as exc:
+                raise ConfigError(f"Bad value for option 'queues' ({config.sources.get('queues')}): {exc}") from None
             if queue_kind(queue) != "r" and queue.split("/", 1)[0] not in config["raw_queues"]:
                 raise ConfigError(f"Queue {queue!r} is a raw queue (by its name) but RAW_QUEUES has no entry "
                                   f"{queue.split('/', 1)[0]!r}: add one with a job_factory in mrq-config.py.")
