@@ -500,6 +500,11 @@ class Job:
         return outcome
 
 
+#: Longest traceback stored (its start and its end are kept): a job's document holds it twice (``traceback`` and
+#: ``traceback_history``) and must stay under MongoDB's 16 MiB.
+MAX_TRACEBACK_CHARS = 64 * 1024
+
+
 def _format_traceback(exc: BaseException, path: str = "") -> str:
     """The traceback of a task error, starting at the task's own code: the frames that led to it (MRQ's, pluggy's,
     the wrappers of plugins) are left out. Without a frame of the task's module (a task that does not import, a
@@ -514,7 +519,11 @@ def _format_traceback(exc: BaseException, path: str = "") -> str:
         if first is not None:
             frames = frames[first:]
     te.stack = traceback.StackSummary.from_list(frames)
-    return "".join(te.format())
+    text = "".join(te.format())
+    if len(text) > MAX_TRACEBACK_CHARS:  # a huge exception message: the job's document must stay storable
+        half = MAX_TRACEBACK_CHARS // 2
+        text = f"{text[:half]}\n[... {len(text) - 2 * half} characters left out ...]\n{text[-half:]}"
+    return text
 
 
 class KernelHooks:
@@ -528,9 +537,14 @@ class KernelHooks:
         task.is_main_task = True
         result = task.run_wrapped(job.params)
         try:
-            bson.encode({"result": result})
-        except (bson.errors.InvalidDocument, OverflowError, TypeError) as exc:
+            size = len(bson.encode({"result": result}))
+        except (bson.errors.InvalidDocument, OverflowError, TypeError, ValueError) as exc:
             raise InvalidParams(f"The result of task {job.path!r} cannot be stored in MongoDB: {exc}. "
                                 "Return JSON-like values.") from None
+        if size > 2**20 and size + len(bson.encode({"params": job.params})) > MAX_PARAMS_BYTES:
+            raise InvalidParams(
+                f"The result of task {job.path!r} is {size / 2**20:.1f} MiB in BSON: with the job's params it does "
+                f"not fit in {MAX_PARAMS_BYTES // 2**20} MiB (MongoDB stores at most 16 MiB per job document). Store "
+                "big results elsewhere (GridFS, a file, a bucket) and return their reference.")
         return result
 
