@@ -41,13 +41,29 @@ def parse_bool(value: Any) -> bool:
 
 def _parse_list(value: Any) -> list[str]:
     if isinstance(value, (list, tuple)):
-        return [str(v) for v in value]
+        bad = [v for v in value if isinstance(v, bool) or not isinstance(v, (str, int, float))]
+        if bad:
+            raise TypeError(f"its items are names, not {type(bad[0]).__name__} {bad[0]!r}")
+        return [str(v).strip() for v in value if str(v).strip()]
     return [v for v in str(value).replace(",", " ").split() if v]
 
 
 _CASTS: dict[type, Callable[[Any], Any]] = {
     bool: parse_bool, int: int, float: float, str: str, list: _parse_list,
 }
+
+#: Largest value of a number option: ints fit MongoDB's int64 (and a C long), floats (seconds, mostly) keep
+#: ``now + timedelta(seconds=x)`` a valid date. Every number option is >= 0.
+_MAX_NUMBER: dict[type, int | float] = {int: 2**63 - 1, float: 1e10}
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether ``text`` can be sent to Redis and MongoDB (no lone surrogate from an undecodable byte)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -79,11 +95,20 @@ class Option:
         """Convert ``value`` read from ``source`` to this option's type, or raise ConfigError."""
         try:
             result = _CASTS[self.type](value)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int(float("inf")) from a file
             raise ConfigError(
                 f"Bad value for option {self.name!r} from {source}: {value!r} is not a valid "
                 f"{self.type.__name__} ({exc}). Fix it there, or see `--help` for the expected form."
             ) from None
+        if self.type in (int, float) and not 0 <= result <= _MAX_NUMBER[self.type]:  # NaN fails too
+            raise ConfigError(
+                f"Bad value for option {self.name!r} from {source}: {value!r} is out of range: use a number from 0 "
+                f"to {_MAX_NUMBER[self.type]:g}.")
+        for text in (result if self.type is list else [result] if self.type is str else []):
+            if not _is_utf8(text):
+                raise ConfigError(
+                    f"Bad value for option {self.name!r} from {source}: {text!r} is not valid UTF-8 text (an "
+                    "undecodable byte in the environment or on the command line?). Fix it there.")
         if self.choices is not None and result not in self.choices and isinstance(result, str):
             result = next((c for c in self.choices if str(c).lower() == result.lower()), result)
         if self.choices is not None and result not in self.choices:
@@ -112,13 +137,21 @@ def _check_log_format(value: str) -> None:
                          "as %(asctime)s, %(levelname)s, %(name)s and %(message)s") from None
 
 
+def _check_redis_prefix(value: str) -> None:
+    # The prefix is the Redis Cluster hash tag of every key ("{prefix}:..."): a brace or an empty prefix would
+    # end the tag early or make it empty, and Redis would then hash each whole key to a slot of its own.
+    if not value or "{" in value or "}" in value:
+        raise ValueError("use a non-empty prefix without '{' or '}' (it is the hash tag of every key MRQ writes)")
+
+
 OPTIONS: tuple[Option, ...] = (
     # -- connections
     Option("redis", str, "redis://127.0.0.1:6379/0",
            "Redis URI: redis://[:password@]host:port/db, rediss:// for TLS, "
            "redis+sentinel://[:password@]host:port[,host:port]/service/db for Sentinel, "
            "redis+cluster://[:password@]host:port[,host:port] for a Redis Cluster (rediss+cluster:// for TLS)."),
-    Option("redis_prefix", str, "mrq", "Prefix (and Cluster hash tag) of every Redis key MRQ writes."),
+    Option("redis_prefix", str, "mrq", "Prefix (and Cluster hash tag) of every Redis key MRQ writes.",
+           check=_check_redis_prefix),
     Option("redis_max_connections", int, 1000, "Size of the Redis connection pool of a process."),
     Option("mongodb_jobs", str, "mongodb://127.0.0.1:27017/mrq",
            "MongoDB URI of the jobs database (the database name comes from the URI path).",
@@ -418,7 +451,13 @@ def get_config(command: str = COMMON, argv: Sequence[str] | None = None,
     from mrq.raw import check_raw_queues
     config["raw_queues"] = check_raw_queues(config.get("raw_queues"))
     if command == "worker":
+        from mrq.exceptions import InvalidParams
+        from mrq.queue import check_queue_name
         for queue in config.get("queues") or []:
+            try:
+                check_queue_name(queue)
+            except InvalidParams as exc:
+                raise ConfigError(f"Bad value for option 'queues' ({config.sources.get('queues')}): {exc}") from None
             if queue_kind(queue) != "r" and queue.split("/", 1)[0] not in config["raw_queues"]:
                 raise ConfigError(f"Queue {queue!r} is a raw queue (by its name) but RAW_QUEUES has no entry "
                                   f"{queue.split('/', 1)[0]!r}: add one with a job_factory in mrq-config.py.")

@@ -23,6 +23,7 @@ import gevent.event
 import gevent.lock
 from bson import ObjectId
 from pymongo import UpdateOne
+from pymongo.errors import BulkWriteError
 
 from mrq import status as st
 from mrq.broker import AckBatch, Broker
@@ -62,6 +63,12 @@ class _Pending:
     insert: dict[str, Any] | None = None  # a raw job's first stored status: the document is created (upsert)
     final: bool = False                   # the job ended: written with the next flush, which it triggers
     created: float = field(default_factory=time.monotonic)
+    fallback: bool = False  # the short "failed" write that replaced a write MongoDB refused
+
+
+def _small(fields: dict[str, Any]) -> dict[str, Any]:
+    """The fields whose BSON is at most 64 KiB (a refused write is stored again without the others)."""
+    return {k: v for k, v in fields.items() if len(bson.encode({"v": v})) <= 64 * 1024}
 
 
 class StatusWriter:
@@ -253,6 +260,15 @@ class StatusWriter:
                     ops.append(UpdateOne({"_id": job_id, "status": {"$in": sorted(p.allowed)}}, update))
             try:
                 result = self.collection.bulk_write(ops, ordered=False)
+            except BulkWriteError as exc:
+                if not self._set_aside_refused(pending, exc):
+                    self._restore(pending, ack)
+                    self.errors += 1
+                    log.warning("Status write of %d jobs failed (%.300s); retrying", len(ops), exc)
+                    gevent.sleep(min(1.0, self.interval * 2))
+                    return False
+                self._restore({}, ack)  # acknowledged with the next flush, once the refused ones are stored
+                return False
             except BaseException as exc:
                 # Any way out of the write (a server error, flush(timeout)'s Timeout, a kill) keeps the batch:
                 # a status is never dropped, and the jobs stay in flight until it is stored.
@@ -282,6 +298,37 @@ class StatusWriter:
                 gevent.sleep(min(1.0, self.interval * 2))
                 return False
             self._unacked = AckBatch()
+        return True
+
+    def _set_aside_refused(self, pending: dict[ObjectId, _Pending], exc: BulkWriteError) -> bool:
+        """MongoDB refused some updates of a batch (a document past 16 MiB...) and stored the others. Each refused
+        one is replaced by a short write of status ``failed`` that says why, for the next flush (one refused again
+        is given up, logged): a job never blocks the batches of the others. False if the batch as a whole failed."""
+        errors = exc.details.get("writeErrors") or []
+        if exc.details.get("writeConcernErrors") or not errors:
+            return False
+        ids = list(pending)
+        refused = {ids[e["index"]]: e for e in errors}
+        stored = [(i, p.set.get("status", ""), p.set) for i, p in pending.items() if i not in refused]
+        self.written += len(stored)
+        self._unverified.extend(stored)
+        for job_id, error in refused.items():
+            self.errors += 1
+            p, why = pending[job_id], f"{error.get('code')}: {str(error.get('errmsg'))[:300]}"
+            if p.fallback:
+                log.error("MongoDB refused the status write of job %s again (%s); its document is left as it is",
+                          job_id, why)
+                continue
+            log.error("MongoDB refused the status write %r of job %s (%s); storing it as failed without its large "
+                      "fields", p.set.get("status"), job_id, why)
+            fields = _small(p.set) | {
+                "status": st.FAILED, "exceptiontype": "StatusWriteRefused",
+                "traceback": f"MRQ could not store this job's status {p.set.get('status')!r}: MongoDB refused the "
+                             f"write ({why}). Fields larger than 64 KiB (result, traceback...) were left out: keep a "
+                             "job's params, result and exception messages well under 16 MiB."}
+            self._pending[job_id] = _Pending(st.allowed_from(st.FAILED) | p.allowed, fields,
+                                             insert=_small(p.insert) if p.insert is not None else None, fallback=True,
+                                             final=True)
         return True
 
     def _restore(self, pending: dict[ObjectId, _Pending], ack: AckBatch) -> None:

@@ -74,8 +74,8 @@ def test_cluster_uri_is_parsed():
     ("redis+cluster://h:7000?ssl_ca_certs=/ca.pem", "is for TLS: use rediss"),
     ("redis+cluster://h:7000?socket_timeout=soon", "socket_timeout='soon' is not a valid value"),
     ("rediss+cluster://h:7000?ssl_cert_reqs=maybe", "ssl_cert_reqs='maybe' is not a valid value"),
-    ("redis+cluster://h:port", "port 'port' of 'h:port' is not a number"),
-    ("redis+cluster://h:70000", "port 70000 of 'h:70000' is not between 1 and 65535"),
+    ("redis+cluster://h:port", "port 'port' of 'h:port' is not a number from 1 to 65535"),
+    ("redis+cluster://h:70000", "port '70000' of 'h:70000' is not a number from 1 to 65535"),
     ("redis+cluster://h:7000,,h:7001", "a server address is empty"),
     ("redis+cluster://", "a server address is empty"),
 ])
