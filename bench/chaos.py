@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             front = subprocess.Popen([sys.executable, "-m", "mrq.cli", "worker", "--processes", str(args.processes),
                                       "--greenlets", str(args.greenlets), "--plugins", "cleaning", "default"],
                                      cwd=HERE, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        t0 = time.time()
+        t0 = mongo_started = time.time()
         log(f"chaos: {args.n} jobs, {args.processes} x {args.greenlets} greenlets, {len(plan)} faults planned "
             f"(seed {args.seed}); logs in {workdir}")
         for at, kind, pick, pause in plan:
@@ -208,8 +208,11 @@ def main(argv: list[str] | None = None) -> int:
                 mongo_server.stop(timeout=120)
                 event["stop_s"] = round(time.time() - t_stop, 1)
                 mongo_server.start()
+                mongo_started = time.time()
             else:
                 server = redis_server if kind == "redis_freeze" else mongo_server
+                if server is mongo_server and time.time() - mongo_started < 15:
+                    continue  # SecantusDB stopped while it is still starting up may never answer again
                 assert server.pid is not None
                 os.kill(server.pid, signal.SIGSTOP)
                 time.sleep(pause)
@@ -219,10 +222,21 @@ def main(argv: list[str] | None = None) -> int:
             log(f"chaos: {time.time() - t0:6.1f}s {kind} {event.get('pid', '')}{event.get('stop_s', '')}")
         deadline = started + timeout
         done: int | None = 0
+        silent_since = None
         while time.time() < deadline:
             done = final_count(uri, args.n)
             if done is not None and done >= args.n:
                 break
+            if done is None:
+                silent_since = silent_since or time.time()
+                if time.time() - silent_since > 60:  # the test server hung (it happens to SecantusDB): restart it
+                    log("chaos: MongoDB has not answered for 60 s: restarting it (a fault of the test server)")
+                    events.append({"kind": "mongo_hung_restart", "t": time.time()})
+                    mongo_server.stop(timeout=30)
+                    mongo_server.start()
+                    silent_since = None
+            else:
+                silent_since = None
             time.sleep(1)
         wall = time.time() - started
         if done is None or done < args.n:  # keep what tells why
