@@ -134,10 +134,12 @@ def test_semaphore(broker):
 
 def test_wait_wakes_on_push(broker):
     t0 = time.monotonic()
-    assert broker.wait(["q"], 0.2) is False
+    assert broker.wait(["q"], 0.2) is None
     assert time.monotonic() - t0 >= 0.15
     broker.push("q", ["1"])
-    assert broker.wait(["q"], 5) is True
+    assert broker.wait(["q", "r"], 5) == "q"  # the queue whose wake-up list fired
+    broker.push("r/sub", ["2"])
+    assert broker.wait(["q", "r/"], 5) == "r/"  # a push to a subqueue wakes its root's list
 
 
 def test_remove_and_empty(broker):
