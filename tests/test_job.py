@@ -133,3 +133,69 @@ def test_the_task_class_settings_apply_when_enqueuing_and_cancelling(mrq_config)
     assert 49 <= (data["dateexpires"] - data["datequeued"]).total_seconds() <= 50
     data = Job(queue_job("no.such.module.Task", {})).fetch().data  # not importable here: the defaults
     assert data["queue"] == "default"
+
+
+@pytest.mark.parametrize("retry_count, draw, delay", [
+    (0, 0.0, 1.5), (0, 1.0, 3.0),    # retry_delay 3, with "equal jitter": between half and all of it
+    (1, 0.0, 3.0), (1, 1.0, 6.0),    # times retry_backoff 2 per retry already done
+    (3, 0.0, 5.0), (3, 1.0, 10.0),   # 3 * 2 ** 3 = 24, capped at retry_max_delay 10
+])
+def test_retry_delay_backoff_jitter_and_cap(mrq_config, monkeypatch, retry_count, draw, delay):
+    import dataclasses
+    import time
+    import types
+
+    import gevent
+
+    from mrq import job as job_module
+    from mrq.task import task_settings
+
+    monkeypatch.setattr(job_module, "random", types.SimpleNamespace(random=lambda: draw))
+    settings = dataclasses.replace(task_settings(T + "Retry", mrq_config), retry_delay=3, retry_backoff=2,
+                                   retry_max_delay=10, max_retries=4)
+    job = Job(ObjectId(), {"path": T + "Retry", "params": {}, "queue": "q", "retry_count": retry_count})
+    before = time.time()
+    outcome = gevent.spawn(job.perform, settings).get()
+    after = time.time()
+    assert outcome.status == "retry" and outcome.delayed[0] == "q"
+    assert before + delay <= outcome.delayed[1] <= after + delay
+    assert outcome.set["retry_count"] == retry_count + 1
+
+
+def test_retry_past_max_retries_ends_as_maxretries(mrq_config):
+    import dataclasses
+
+    import gevent
+
+    from mrq.task import task_settings
+
+    settings = dataclasses.replace(task_settings(T + "Retry", mrq_config), max_retries=4)
+    job = Job(ObjectId(), {"path": T + "Retry", "params": {}, "queue": "q", "retry_count": 4})
+    outcome = gevent.spawn(job.perform, settings).get()
+    assert (outcome.status, outcome.delayed) == ("maxretries", None)
+
+
+class _FailingInsert:
+    """The jobs collection, with inserts that fail (MongoDB down or refusing the write)."""
+
+    def __init__(self, collection) -> None:
+        self.collection = collection
+
+    def insert_many(self, *args, **kwargs):
+        import pymongo.errors
+        raise pymongo.errors.AutoReconnect("MongoDB went away")
+
+
+def test_no_id_reaches_redis_when_the_insert_fails(mrq_config, monkeypatch):
+    """queue_jobs inserts the documents first, then pushes their ids: an id without a document never waits."""
+    import pymongo.errors
+
+    from mrq import job as job_module
+
+    real = job_module._jobs_collection()
+    monkeypatch.setattr(job_module, "_jobs_collection", lambda: _FailingInsert(real))
+    with pytest.raises(pymongo.errors.AutoReconnect):
+        queue_jobs(T + "Add", [{"a": 1, "b": 1}])
+    with pytest.raises(pymongo.errors.AutoReconnect):
+        queue_jobs(T + "Add", [{"a": 1, "b": 1}], delay=60)
+    assert get_broker().known_queues() == [] and get_broker().sizes(["default"]) == {"default": (0, 0)}
