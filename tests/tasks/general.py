@@ -142,6 +142,7 @@ class Configured(Task):
     """Settings given as class attributes (a TASKS entry overrides them)."""
 
     queue = "classq"
+    timeout = 42
     default_ttl = 500
     cancel_ttl = 700
 
