@@ -65,16 +65,31 @@ def test_sigint_finishes_running_jobs(mrq_worker):
     assert statuses[2:] == ["queued"] * 3
 
 
+def test_sigint_stores_the_statuses_and_logs_still_buffered(mrq_worker):
+    """A job's status and log lines wait for the next flush (here in 30 s): stopping the worker stores them."""
+    from mrq.testing import wait_until
+    mrq_worker.start(env={"MRQ_FLUSH_INTERVAL": "30"})
+    job_id = queue_job(T + "Add", {"a": 20, "b": 22})
+    wait_until(lambda: (mrq_worker.report()["counters"].get("success") or 0) == 1, what="job done")
+    assert Job(job_id).fetch().data["status"] == "queued" and job_logs(job_id) == ""  # still buffered
+    assert mrq_worker.stop() == 0
+    assert Job(job_id).fetch().data["result"] == 42
+    assert "adding 20 and 22" in job_logs(job_id)
+
+
 def test_sigterm_interrupts_and_requeues(mrq_worker, mrq_config):
+    from mrq.context import get_broker
     mrq_worker.start("--greenlets", "2")
     ids = queue_jobs(T + "Sleep", [{"t": 30}] * 2)
     import time
     time.sleep(0.8)
+    waiting = queue_job(T + "Add", {"a": 1, "b": 1})  # the pool is full: it waits in the queue
     assert mrq_worker.stop(signal.SIGTERM) == 0
     for i in ids:
         assert Job(i).fetch().data["status"] == "interrupt"
-    from mrq.queue import Queue
-    assert Queue("default").size() == 2
+    listed = get_broker().list_ids("default")
+    assert sorted(listed[:2]) == sorted(str(i) for i in ids) and listed[2:] == [str(waiting)]  # at the head
+    assert get_broker().inflight() == []
 
 
 def test_retry_with_delay_comes_back_by_itself(mrq_worker):
@@ -165,6 +180,10 @@ def test_cancel_running_job_stops_it(mrq_worker):
     assert data["status"] == "cancel"
     assert mrq_worker.report()["jobs"] == []
     assert Job(running).cancel() is False  # already final
+    assert mrq_worker.stop() == 0
+    counters = mrq_worker.report()["counters"]
+    assert counters.get("cancel") == 1 and "interrupt" not in counters  # ended as cancelled...
+    assert "skipped" not in counters  # ... and never requeued
 
 
 def test_cancel_queued_job_never_runs(mrq_worker):
@@ -204,8 +223,16 @@ def test_requeue_to_another_queue_of_a_listed_job_runs_it_once(mrq_worker, tmp_p
 
 
 def test_max_concurrency_semaphore(mrq_worker):
-    mrq_worker.start("--greenlets", "5")
+    import time
+
+    from mrq.context import get_broker
+    from mrq.testing import wait_until
+    mrq_worker.start("--greenlets", "5", env={"MRQ_DEFAULT_JOB_TIMEOUT": "20"})
     ids = queue_jobs(T + "Concurrent", [{"t": 1}] * 4)
+    slots = wait_until(lambda: get_broker().redis.zrange(get_broker().key("sem", T + "Concurrent"), 0, -1,
+                                                         withscores=True), what="slots taken")
+    # A slot of a dead worker expires with the job's timeout (+ 30 s), not later.
+    assert all(20 < expiry - time.time() <= 50 for _, expiry in slots), slots
     mrq_worker.wait_for_idle()
     statuses = sorted(Job(i).fetch().data["status"] for i in ids)
     assert statuses == ["maxconcurrency", "maxconcurrency", "success", "success"]
@@ -217,11 +244,13 @@ def test_max_concurrency_semaphore(mrq_worker):
 def test_progress_subpool_and_run_task(mrq_worker):
     mrq_worker.start("--greenlets", "3")
     prog = queue_job(T + "Progress", {"steps": 3, "save": True})
+    early = queue_job(T + "Progress", {"steps": 4, "stop_after": 1, "t": 0})  # 0.25, then success
     sub = queue_job(T + "SubPool", {"values": [1, 2, 3]})
     nested = queue_job(T + "RunTask", {"a": 5})
     ctx = queue_job(T + "GetContext", {})
     mrq_worker.wait_for_idle()
     assert Job(prog).fetch().data["progress"] == 1.0
+    assert Job(early).fetch().data["progress"] == 1.0
     assert Job(sub).fetch().data["result"] == [1, 4, 9]
     assert "square 3" in job_logs(sub)
     assert Job(nested).fetch().data["result"] == 6
@@ -252,6 +281,17 @@ def test_queue_priority_pause_and_subqueues(mrq_worker):
     assert Job(paused).wait(timeout=10) == 6
 
 
+def test_parallel_strategy_takes_turns_between_queues(mrq_worker, tmp_path):
+    """--dequeue_strategy parallel: each dequeue starts from the next queue (sequential would run all of 'a'
+    first)."""
+    runs = tmp_path / "runs"
+    queue_of = {str(i): q for q in ("a", "b") for i in queue_jobs(T + "Record", [{"file": str(runs)}] * 3, queue=q)}
+    mrq_worker.start("--dequeue_strategy", "parallel", queues=("a", "b"))
+    mrq_worker.wait_for_idle()
+    order = [queue_of[line.split()[0]] for line in runs.read_text().splitlines()]
+    assert order in (["a", "b"] * 3, ["b", "a"] * 3)
+
+
 def test_whitelist_pushes_back_other_tasks(mrq_worker):
     mrq_worker.start("--task_whitelist", T + "add")
     allowed = queue_job(T + "add", {"a": 1, "b": 1})
@@ -262,8 +302,12 @@ def test_whitelist_pushes_back_other_tasks(mrq_worker):
     from mrq.context import get_broker
     sizes = get_broker().sizes(["default"])["default"]
     assert sum(sizes) == 1 and get_broker().inflight() == []  # pushed back, not dropped
-    mrq_worker.start()  # a worker that may run it does
+    blocked = queue_job(T + "add", {"a": 2, "b": 2})
+    mrq_worker.start("--task_blacklist", T + "add")  # a worker that may run it does; not the blacklisted one
     assert Job(other).wait(timeout=10) == 2
+    assert Job(blocked).fetch().data["status"] == "queued"
+    assert mrq_worker.stop() == 0
+    assert sum(get_broker().sizes(["default"])["default"]) == 1 and get_broker().inflight() == []  # pushed back
 
 
 def test_max_jobs_and_burst(mrq_worker):
@@ -272,9 +316,12 @@ def test_max_jobs_and_burst(mrq_worker):
     assert mrq_worker.proc.wait(30) == 0
     done = [Job(i).fetch().data["status"] for i in ids].count("success")
     assert done == 3
-    mrq_worker.start("--dequeue_strategy", "burst", wait=False)
+    chain = queue_job(T + "Chain", {"t": 0.3, "path": T + "add", "params": {"a": 9, "b": 0}})
+    mrq_worker.start("--dequeue_strategy", "burst", "--greenlets", "2", wait=False)
     assert mrq_worker.proc.wait(30) == 0
     assert {Job(i).fetch().data["status"] for i in ids} == {"success"}
+    chained = Job(chain).fetch().data["result"]  # queued by a running job: burst runs it before it exits
+    assert Job(chained).fetch().data["status"] == "success"
 
 
 def test_sigkill_leaves_in_flight_record(mrq_worker, mrq_config):
@@ -308,13 +355,18 @@ def test_orphaned_in_flight_ids_are_requeued(mrq_worker, mrq_config):
     mrq_worker.start()
     worker_id = str(mrq_worker.report()["_id"])
     broker = get_broker()
-    job_id = queue_job(T + "Add", {"a": 2, "b": 2}, queue="elsewhere")  # a queue the worker does not listen to
-    # As if this worker had popped it and lost the reply: in flight on it, a minute ago, for queue default.
+    job_id, recent = queue_jobs(T + "Add", [{"a": 2, "b": 2}] * 2, queue="elsewhere")  # not a queue of the worker
+    # As if this worker had popped them and lost the reply: in flight on it, for queue default, one two minutes
+    # ago (an orphan), one just now (maybe a dequeue whose reply is on its way: not an orphan yet).
     broker.redis.delete(broker.queue_key("elsewhere"))
-    broker.redis.hset(broker.inflight_key, str(job_id), f"{worker_id} {time.time() - 120} default")
+    broker.redis.hset(broker.inflight_key, mapping={str(job_id): f"{worker_id} {time.time() - 120} default",
+                                                    str(recent): f"{worker_id} {time.time()} default"})
     assert Job(job_id).wait(timeout=10) == 4
     assert mrq_worker.stop() == 0
     assert mrq_worker.report()["counters"]["orphans_requeued"] == 1
+    # The recent one was left alone while the worker ran, and put back in its queue when it stopped.
+    assert Job(recent).fetch().data["status"] == "queued"
+    assert broker.inflight() == [] and broker.list_ids("default") == [str(recent)]
 
 
 def test_double_sigint_interrupts(mrq_worker):
@@ -331,15 +383,19 @@ def test_double_sigint_interrupts(mrq_worker):
 
 def test_report_shows_running_jobs_with_stacks(mrq_worker):
     import time
+
+    from mrq.testing import wait_until
     mrq_worker.start("--greenlets", "3")
-    job_id = queue_job(T + "Sleep", {"t": 5})
+    job_id = queue_job(T + "Progress", {"steps": 2, "t": 5})
     deadline = time.time() + 10
     report = mrq_worker.report()
     while time.time() < deadline and not report["jobs"]:
         time.sleep(0.2)
         report = mrq_worker.report()
     (running,) = report["jobs"]
-    assert running["id"] == job_id and running["path"] == T + "Sleep"
+    assert running["id"] == job_id and running["path"] == T + "Progress" and running["progress"] == 0.5
+    # set_current_job_progress without save: stored on the job by the next report.
+    wait_until(lambda: Job(job_id).fetch().data.get("progress") == 0.5, timeout=10, what="progress stored")
     assert any("gevent.sleep" in line for line in running["stack"])
     assert report["status"] in ("wait", "spawn", "full") and report["greenlets"] == 3
     assert report["process"]["mem"]["rss"] > 10 and report["pid"] == mrq_worker.pid
@@ -350,8 +406,10 @@ def test_report_shows_running_jobs_with_stacks(mrq_worker):
 def test_max_time_and_max_memory_stop_gracefully(mrq_worker):
     mrq_worker.start("--max_time", "0.5", wait=False)
     assert mrq_worker.proc.wait(30) == 0
+    job_id = queue_job(T + "Sleep", {"t": 1.5})
     mrq_worker.start("--max_memory", "1", wait=False)
     assert mrq_worker.proc.wait(30) == 0
+    assert Job(job_id).fetch().data["status"] == "success"  # stopped gracefully: the running job ended
 
 
 def test_worker_waits_for_an_unreachable_mongodb_and_still_stops(mrq_worker):

@@ -13,6 +13,7 @@ from mrq.context import (
     get_current_job,
     get_current_worker,
     log,
+    queue_job,
     retry_current_job,
     run_task,
     set_current_job_progress,
@@ -82,7 +83,7 @@ class Abort(Task):
 
 class Progress(Task):
     def run(self, params: dict[str, Any]) -> Any:
-        for i in range(params.get("steps", 4)):
+        for i in range(params.get("stop_after", params.get("steps", 4))):
             set_current_job_progress((i + 1) / params.get("steps", 4), save=params.get("save", False))
             gevent.sleep(params.get("t", 0.1))
         return "done"
@@ -148,3 +149,11 @@ class Configured(Task):
 
     def run(self, params: dict[str, Any]) -> Any:
         return "configured"
+
+
+class Chain(Task):
+    """Sleeps ``params["t"]`` seconds, then queues a job of ``params["path"]``; returns its id."""
+
+    def run(self, params: dict[str, Any]) -> Any:
+        gevent.sleep(params.get("t", 0))
+        return str(queue_job(params["path"], params.get("params", {})))
