@@ -199,3 +199,46 @@ def test_no_id_reaches_redis_when_the_insert_fails(mrq_config, monkeypatch):
     with pytest.raises(pymongo.errors.AutoReconnect):
         queue_jobs(T + "Add", [{"a": 1, "b": 1}], delay=60)
     assert get_broker().known_queues() == [] and get_broker().sizes(["default"]) == {"default": (0, 0)}
+
+
+@pytest.mark.parametrize("delay", [0, 7])
+def test_an_explicit_retry_delay_is_used_as_given(mrq_config, delay):
+    """retry_current_job(delay=0) runs the job again at once: no backoff, no jitter."""
+    import time
+
+    import gevent
+
+    from mrq.task import task_settings
+
+    job = Job(ObjectId(), {"path": T + "Retry", "params": {"delay": delay}, "queue": "q", "retry_count": 2})
+    before = time.time()
+    outcome = gevent.spawn(job.perform, task_settings(T + "Retry", mrq_config)).get()
+    assert before + delay <= outcome.delayed[1] <= time.time() + delay
+
+
+@pytest.mark.parametrize("path, status, ttl_key", [
+    (T + "Add", "success", "result_ttl"), (T + "Abort", "abort", "abort_ttl"), (T + "Fail", "failed", "default_ttl")])
+def test_each_end_keeps_the_document_for_its_ttl(mrq_config, path, status, ttl_key):
+    import dataclasses
+
+    import gevent
+
+    from mrq.task import task_settings
+
+    settings = dataclasses.replace(task_settings(path, mrq_config), result_ttl=100, abort_ttl=200, default_ttl=300)
+    job = Job(ObjectId(), {"path": path, "params": {"a": 1, "b": 1}, "queue": "q"})
+    outcome = gevent.spawn(job.perform, settings).get()
+    assert outcome.status == status
+    kept = (outcome.set["dateexpires"] - outcome.set["dateupdated"]).total_seconds()
+    assert kept == getattr(settings, ttl_key)
+
+
+def test_requeue_resets_the_retry_count_unless_told_to_keep_it(mrq_config):
+    job_id = queue_job(T + "Add", {"a": 1, "b": 2})
+    jobs = connections.mongodb_jobs["mrq_jobs"]
+    jobs.update_one({"_id": job_id}, {"$set": {"status": "maxretries", "retry_count": 3}})
+    assert Job(job_id).requeue() is True
+    assert Job(job_id).fetch().data["retry_count"] == 0  # a job that ran out of retries gets them all again
+    jobs.update_one({"_id": job_id}, {"$set": {"status": "failed", "retry_count": 3}})
+    assert Job(job_id).requeue(retry_count=None) is True
+    assert Job(job_id).fetch().data["retry_count"] == 3
