@@ -6,6 +6,7 @@ import signal
 
 from mrq.job import Job, queue_job, queue_jobs
 from mrq.logger import job_logs
+from mrq.testing import wait_for_idle
 
 T = "tests.tasks.general."
 
@@ -24,6 +25,9 @@ def test_simple_job_end_to_end(mrq_worker):
     report = mrq_worker.report()
     assert report["status"] == "stop"
     assert report["counters"]["success"] == 1
+    from mrq.context import get_broker
+    worker_id = str(report["_id"])
+    assert get_broker().alive([worker_id]) == {worker_id: False}  # a stopped worker is not alive
 
 
 def test_function_task_and_failure(mrq_worker):
@@ -151,8 +155,8 @@ def test_timeout_kills_job_and_subpool(mrq_worker, mrq_config):
         data = Job(job_id).fetch().data
         assert data["status"] == "timeout", data
         assert data["totaltime"] < 3
-    report = mrq_worker.report()
-    assert report["jobs"] == []
+    assert mrq_worker.stop() == 0
+    assert mrq_worker.report()["jobs"] == []  # the final report: no job left behind
 
 
 def test_abort_and_unserialisable_result(mrq_worker):
@@ -181,16 +185,21 @@ def test_cancel_running_job_stops_it(mrq_worker):
     assert mrq_worker.report()["jobs"] == []
     assert Job(running).cancel() is False  # already final
     assert mrq_worker.stop() == 0
+    assert mrq_worker.report()["jobs"] == []
     counters = mrq_worker.report()["counters"]
     assert counters.get("cancel") == 1 and "interrupt" not in counters  # ended as cancelled...
     assert "skipped" not in counters  # ... and never requeued
 
 
 def test_cancel_queued_job_never_runs(mrq_worker):
+    from bson import ObjectId
+
+    from mrq.context import get_broker
     queued = queue_job(T + "Add", {"a": 1, "b": 2})
     assert Job(queued).cancel() is True
+    get_broker().push("default", [str(ObjectId())])  # an id whose document is gone (deleted, expired): dropped
     mrq_worker.start()
-    mrq_worker.wait_for_idle()
+    mrq_worker.wait_for_idle(timeout=10)
     data = Job(queued).fetch().data
     assert data["status"] == "cancel"
     assert "result" not in data
@@ -322,6 +331,16 @@ def test_max_jobs_and_burst(mrq_worker):
     assert {Job(i).fetch().data["status"] for i in ids} == {"success"}
     chained = Job(chain).fetch().data["result"]  # queued by a running job: burst runs it before it exits
     assert Job(chained).fetch().data["status"] == "success"
+
+
+def test_a_dequeue_that_leaves_ids_wakes_another_idle_worker(mrq_worker_factory):
+    """Two idle workers block on the queue's wake-up list (for up to 30 s here); one push of two jobs wakes one
+    worker, which takes one job (its only slot) and passes the wake-up on: the other worker takes the other."""
+    workers = [mrq_worker_factory(env={"MRQ_MAX_LATENCY": "30"}).start() for _ in range(2)]
+    ids = queue_jobs(T + "Sleep", [{"t": 0.5}] * 2)
+    wait_for_idle(timeout=10)
+    assert len({Job(i).fetch().data["worker"] for i in ids}) == 2
+    assert [w.stop() for w in workers] == [0, 0]
 
 
 def test_sigkill_leaves_in_flight_record(mrq_worker, mrq_config):
