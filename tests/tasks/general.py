@@ -53,6 +53,7 @@ class SleepSwallowingTimeout(Task):
         try:
             gevent.sleep(params.get("t", 5))
         except BaseException:  # noqa: BLE001 - tests that a swallowed timeout still counts
+            gevent.sleep(params.get("then", 0))  # and, with "then", goes on working
             return "swallowed"
         return "slept"
 
