@@ -118,23 +118,6 @@ def test_requeue_of_a_cancelled_job_still_in_its_list_pushes_it_once(mrq_config)
     assert get_broker().list_ids("default") == [str(job_id)]
 
 
-def test_the_task_class_settings_apply_when_enqueuing_and_cancelling(mrq_config):
-    """TASKS, then the class attributes, then the defaults: for queue_job's queue and TTL and cancel's TTL."""
-    job_id = queue_job(T + "Configured", {})
-    data = Job(job_id).fetch().data
-    assert data["queue"] == "classq" and get_broker().list_ids("classq") == [str(job_id)]
-    assert 499 <= (data["dateexpires"] - data["datequeued"]).total_seconds() <= 500
-    assert Job(job_id).cancel() is True
-    data = Job(job_id).fetch().data
-    assert 699 <= (data["dateexpires"] - data["dateupdated"]).total_seconds() <= 700
-    mrq_config["tasks"] = {T + "Configured": {"queue": "tasksq", "default_ttl": 50}}
-    data = Job(queue_job(T + "Configured", {})).fetch().data
-    assert data["queue"] == "tasksq"
-    assert 49 <= (data["dateexpires"] - data["datequeued"]).total_seconds() <= 50
-    data = Job(queue_job("no.such.module.Task", {})).fetch().data  # not importable here: the defaults
-    assert data["queue"] == "default"
-
-
 @pytest.mark.parametrize("retry_count, draw, delay", [
     (0, 0.0, 1.5), (0, 1.0, 3.0),    # retry_delay 3, with "equal jitter": between half and all of it
     (1, 0.0, 3.0), (1, 1.0, 6.0),    # times retry_backoff 2 per retry already done
@@ -242,3 +225,21 @@ def test_requeue_resets_the_retry_count_unless_told_to_keep_it(mrq_config):
     jobs.update_one({"_id": job_id}, {"$set": {"status": "failed", "retry_count": 3}})
     assert Job(job_id).requeue(retry_count=None) is True
     assert Job(job_id).fetch().data["retry_count"] == 3
+
+
+def test_the_task_class_settings_apply_when_enqueuing_and_cancelling(mrq_config):
+    """TASKS, then the class attributes, then the defaults: for queue_job's queue and TTL and cancel's TTL."""
+    job_id = queue_job(T + "Configured", {})
+    data = Job(job_id).fetch().data
+    assert data["queue"] == "classq" and get_broker().list_ids("classq") == [str(job_id)]
+    assert 499 <= (data["dateexpires"] - data["datequeued"]).total_seconds() <= 500
+    assert Job(job_id).cancel() is True
+    data = Job(job_id).fetch().data
+    assert 699 <= (data["dateexpires"] - data["dateupdated"]).total_seconds() <= 700
+    mrq_config["tasks"] = {T + "Configured": {"queue": "tasksq", "default_ttl": 50}}
+    data = Job(queue_job(T + "Configured", {})).fetch().data
+    assert data["queue"] == "tasksq"
+    assert 49 <= (data["dateexpires"] - data["datequeued"]).total_seconds() <= 50
+    data = Job(queue_job("no.such.module.Task", {})).fetch().data  # not importable here: the defaults
+    assert data["queue"] == "default"
+

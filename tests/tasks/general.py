@@ -140,6 +140,14 @@ class Record(Task):
         return params.get("result", "recorded")
 
 
+class Chain(Task):
+    """Sleeps ``params["t"]`` seconds, then queues a job of ``params["path"]``; returns its id."""
+
+    def run(self, params: dict[str, Any]) -> Any:
+        gevent.sleep(params.get("t", 0))
+        return str(queue_job(params["path"], params.get("params", {})))
+
+
 class Configured(Task):
     """Settings given as class attributes (a TASKS entry overrides them)."""
 
@@ -151,10 +159,3 @@ class Configured(Task):
     def run(self, params: dict[str, Any]) -> Any:
         return "configured"
 
-
-class Chain(Task):
-    """Sleeps ``params["t"]`` seconds, then queues a job of ``params["path"]``; returns its id."""
-
-    def run(self, params: dict[str, Any]) -> Any:
-        gevent.sleep(params.get("t", 0))
-        return str(queue_job(params["path"], params.get("params", {})))
