@@ -242,4 +242,3 @@ def test_the_task_class_settings_apply_when_enqueuing_and_cancelling(mrq_config)
     assert 49 <= (data["dateexpires"] - data["datequeued"]).total_seconds() <= 50
     data = Job(queue_job("no.such.module.Task", {})).fetch().data  # not importable here: the defaults
     assert data["queue"] == "default"
-

@@ -264,4 +264,3 @@ def test_the_flush_loop_survives_an_unexpected_error(parts, monkeypatch):
         assert not loop.dead and writer.errors == 1
     finally:
         loop.kill()
-

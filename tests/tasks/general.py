@@ -158,4 +158,3 @@ class Configured(Task):
 
     def run(self, params: dict[str, Any]) -> Any:
         return "configured"
-
