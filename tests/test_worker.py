@@ -457,8 +457,10 @@ def test_report_shows_running_jobs_with_stacks(mrq_worker):
 def test_max_time_and_max_memory_stop_gracefully(mrq_worker):
     mrq_worker.start("--max_time", "0.5", wait=False)
     assert mrq_worker.proc.wait(30) == 0
-    job_id = queue_job(T + "Sleep", {"t": 1.5})
-    mrq_worker.start("--max_memory", "1", wait=False)
+    # Memory is checked every report interval (2 s here): the job runs at the first check, which stops the
+    # worker, and ends a second before the next one.
+    job_id = queue_job(T + "Sleep", {"t": 3})
+    mrq_worker.start("--max_memory", "1", env={"MRQ_REPORT_INTERVAL": "2"}, wait=False)
     assert mrq_worker.proc.wait(30) == 0
     assert Job(job_id).fetch().data["status"] == "success"  # stopped gracefully: the running job ended
 
