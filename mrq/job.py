@@ -423,6 +423,10 @@ class Job:
         set_current_job(self)
         timer = gevent.Timeout(settings.timeout, TimeoutInterrupt(f"Job ran longer than {settings.timeout} s"))
         timer.start()
+        # A task that catches the timeout and goes on is interrupted again, every second, until it ends.
+        ended: list[bool] = []
+        enforcer = (gevent.spawn_later(settings.timeout + 1.0, self._enforce_timeout, self.greenlet, ended,
+                                       settings.timeout) if isinstance(self.greenlet, gevent.Greenlet) else None)
         try:
             self.result = get_plugin_manager().hook.mrq_job_execute(worker=worker, job=self)
             outcome = Outcome(st.SUCCESS)
@@ -433,12 +437,26 @@ class Job:
         finally:
             fired = not timer.pending
             timer.close()
+            ended.append(True)
+            if enforcer is not None:
+                enforcer.kill(block=False)
+            if fired:
+                try:  # a repeated timeout already on its way must not hit the code after the job
+                    gevent.sleep(0)
+                except TimeoutInterrupt:
+                    pass
             set_current_job(None)
         if fired and outcome.status not in (st.TIMEOUT, st.CANCEL, st.INTERRUPT):
             # The task swallowed the timeout and went on: it still timed out.
             outcome = Outcome(st.TIMEOUT)
             self.traceback = self.traceback or "TimeoutInterrupt (caught by the task)"
         return self._complete(outcome)
+
+    @staticmethod
+    def _enforce_timeout(greenlet: Any, ended: list[bool], timeout: float) -> None:
+        while not ended and not greenlet.dead:
+            greenlet.kill(TimeoutInterrupt(f"Job ran longer than {timeout} s (and caught the timeout)"), block=False)
+            gevent.sleep(1.0)
 
     def fail_with(self, exc: BaseException) -> Outcome:
         """End the job as ``failed`` with ``exc`` without running it (a raw job whose payload its factory refused)."""

@@ -78,6 +78,7 @@ class Worker:
         self._epoch: str | None = None  # MRQ's marker key in Redis: it changes when Redis lost its data
         #: job id -> (queue, raw payload, score) of the jobs dequeued and not yet known to be acknowledged
         self._held: dict[str, tuple[str, str | None, float | None]] = {}
+        self._cancel_early: set[ObjectId] = set()  # cancel requests read before their job started
         self._main: gevent.Greenlet | None = None
         self._services: list[gevent.Greenlet] = []
         self._settings: dict[str, TaskSettings] = {}
@@ -442,7 +443,12 @@ class Worker:
     def _perform(self, job: Job, settings: TaskSettings) -> None:
         assert job.id is not None
         try:
-            if job.raw is not None and job.raw.error is not None:
+            if job.id in self._cancel_early:  # cancelled between its dequeue and now
+                self._cancel_early.discard(job.id)
+                job.exception = CancelInterrupt("cancelled before it started")
+                job.datestarted = time.time()
+                outcome = job._complete(Outcome(st.CANCEL))
+            elif job.raw is not None and job.raw.error is not None:
                 outcome = job.fail_with(job.raw.error)
             else:
                 outcome = job.perform(settings, worker=self)
@@ -563,6 +569,8 @@ class Worker:
     def _kill_job(self, job_id: ObjectId) -> None:
         job = self.jobs.get(job_id)
         if job is None or job.greenlet is None:
+            if str(job_id) in self._held:  # dequeued, not started yet: it will not run
+                self._cancel_early.add(job_id)
             return
         self.log.info("Cancelling running job %s %s", job_id, job.path)
         job.greenlet.kill(CancelInterrupt("cancelled while running"), block=False)
@@ -593,6 +601,7 @@ class Worker:
             gevent.sleep(interval if interval > 0 else 3600)
             held = {str(i) for i in self.jobs} | self.writer.tracked_ids() | self._popped
             self._held = {i: v for i, v in self._held.items() if i in held}
+            self._cancel_early = {i for i in self._cancel_early if str(i) in held}
             self._requeue_orphans()
             if not max_memory or self.memory_mb() <= max_memory:
                 continue

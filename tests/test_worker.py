@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import signal
 
-import pytest
-
 from mrq.job import Job, queue_job, queue_jobs
 from mrq.logger import job_logs
 from mrq.testing import wait_for_idle
@@ -163,8 +161,6 @@ def test_timeout_kills_job_and_subpool(mrq_worker, mrq_config):
     assert mrq_worker.report()["jobs"] == []  # the final report: no job left behind
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a task that catches its timeout and goes on working is not killed: it "
-                   "runs to its own end (only then stored as timeout); guarantees.md says it is killed")
 def test_a_task_that_swallows_its_timeout_and_goes_on_is_still_killed(mrq_worker):
     mrq_worker.start(env={"MRQ_DEFAULT_JOB_TIMEOUT": "0.5"})
     job_id = queue_job(T + "SleepSwallowingTimeout", {"t": 5, "then": 30})
@@ -204,8 +200,6 @@ def test_cancel_running_job_stops_it(mrq_worker):
     assert "skipped" not in counters  # ... and never requeued
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a kill request read by the heartbeat before the job's greenlet starts "
-                   "(here while a plugin's mrq_jobs_dequeued runs) is dropped: the cancelled job runs to its end")
 def test_a_job_cancelled_between_its_fetch_and_its_start_is_stopped(mrq_worker, tmp_path):
     """Cancelled after the worker fetched it (status queued then) but before its greenlet started: the kill
     request must still stop it once it starts, not be lost (the job would run to its end, status 'cancel')."""
