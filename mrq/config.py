@@ -128,6 +128,14 @@ class Option:
         return "MRQ_" + self.name.upper()
 
 
+def _at_least(minimum: float) -> Callable[[Any], None]:
+    """A check refusing values below ``minimum`` (an interval of 0 would be a busy loop)."""
+    def check(value: Any) -> None:
+        if value < minimum:
+            raise ValueError(f"use at least {minimum:g}")
+    return check
+
+
 def _check_log_format(value: str) -> None:
     logging.Formatter(value, validate=True)  # ValueError on '%(foo' or a format with no field
     try:
@@ -201,17 +209,18 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_memory", int, 0, "Stop gracefully when the process uses more MB than this (0 = no limit).",
            commands=("worker",)),
     Option("report_interval", float, 10.0, "Seconds between worker reports in mrq_workers.",
-           commands=("worker",)),
+           commands=("worker",), check=_at_least(0.1)),
     Option("flush_interval", float, 0.2,
-           "Seconds between batched writes of job statuses and logs to MongoDB.", commands=("worker",)),
+           "Seconds between batched writes of job statuses and logs to MongoDB.", commands=("worker",),
+           check=_at_least(0.001)),
     Option("heartbeat_interval", float, 1.0,
            "Seconds between worker heartbeats in Redis (also how often kill requests are read).",
-           commands=("worker",)),
+           commands=("worker",), check=_at_least(0.01)),
     Option("heartbeat_ttl", float, 10.0, "Seconds after the last heartbeat before a worker counts as dead.",
-           commands=("worker",)),
+           commands=("worker",), check=_at_least(0.1)),
     Option("max_latency", float, 1.0,
            "Longest wait (s) of an idle worker's blocking pop; bounds how late delayed jobs start.",
-           commands=("worker",)),
+           commands=("worker",), check=_at_least(0.01)),
     Option("dequeue_strategy", str, "sequential",
            "sequential: strict queue priority; parallel: share slots across queues; burst: sequential, "
            "and exit when the queues are empty.", commands=("worker",),

@@ -484,7 +484,10 @@ class Job:
         if count >= (s.max_retries if max_retries is None else max_retries):
             return Outcome(st.MAXRETRIES)
         if delay is None:
-            base = min(s.retry_max_delay, s.retry_delay * (s.retry_backoff ** count))
+            try:
+                base = min(s.retry_max_delay, s.retry_delay * (s.retry_backoff ** count))
+            except OverflowError:  # a huge retry count: the cap applies
+                base = s.retry_max_delay
             delay = base / 2 + random.random() * base / 2  # "equal jitter": between half and all of it
         queue = queue or self.queue
         due = time.time() + delay

@@ -55,3 +55,15 @@ def test_every_setting_is_read_from_tasks():
 def test_bad_retry_on():
     with pytest.raises(ConfigError, match="retry_on"):
         task_settings(T + "Add", dict(DEFAULTS, tasks={T + "Add": {"retry_on": ["not.AnException"]}}))
+
+
+def test_a_huge_retry_count_uses_the_max_delay():
+    """retry_backoff ** retry_count overflows a float past ~1000 retries: the retry_max_delay cap applies."""
+    from mrq.exceptions import RetryInterrupt
+    from mrq.job import Job
+    from mrq.task import task_settings
+
+    job = Job(None, {"path": "x.y", "retry_count": 5000})
+    job.settings = task_settings("x.y", dict(DEFAULTS, default_job_max_retries=10_000), load=False)
+    outcome = job._outcome_of(RetryInterrupt())
+    assert outcome.status == "retry" and outcome.delayed is not None
