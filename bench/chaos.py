@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=3, help="worker processes (default 3)")
     parser.add_argument("--greenlets", type=int, default=20, help="greenlets per worker (default 20)")
     parser.add_argument("--timeout", type=float, default=0, help="give up after this many seconds "
-                        "(default: duration + 300)")
+                        "(default: duration + 600)")
     parser.add_argument("--faults", default=",".join(EVENTS), help="kinds of faults to draw from, comma-separated "
                         f"(default: all: {','.join(EVENTS)})")
     parser.add_argument("--json", default="", help="write the figures to this file")
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     faults = [f.strip() for f in args.faults.split(",") if f.strip()]
     if not faults or set(faults) - set(EVENTS):
         parser.error(f"--faults: choose among {', '.join(EVENTS)}")
-    timeout = args.timeout or args.duration + 300
+    timeout = args.timeout or args.duration + 600
 
     from mrq.servers import MongoServer, RedisServer
 

@@ -136,6 +136,13 @@ def _at_least(minimum: float) -> Callable[[Any], None]:
     return check
 
 
+def _between(low: float, high: float) -> Callable[[Any], None]:
+    def check(value: Any) -> None:
+        if not low <= value <= high:
+            raise ValueError(f"use a value from {low:g} to {high:g}")
+    return check
+
+
 def _check_log_format(value: str) -> None:
     logging.Formatter(value, validate=True)  # ValueError on '%(foo' or a format with no field
     try:
@@ -219,8 +226,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("heartbeat_ttl", float, 10.0, "Seconds after the last heartbeat before a worker counts as dead.",
            commands=("worker",), check=_at_least(0.1)),
     Option("max_latency", float, 1.0,
-           "Longest wait (s) of an idle worker's blocking pop; bounds how late delayed jobs start.",
-           commands=("worker",), check=_at_least(0.01)),
+           "Longest wait (s) of an idle worker's blocking pop; bounds how late delayed jobs start (at most 50: "
+           "a Redis reply may take 60 s).", commands=("worker",), check=_between(0.01, 50)),
     Option("dequeue_strategy", str, "sequential",
            "sequential: strict queue priority; parallel: share slots across queues; burst: sequential, "
            "and exit when the queues are empty.", commands=("worker",),

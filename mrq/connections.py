@@ -75,8 +75,15 @@ def _backoff() -> ExponentialBackoff:
     return ExponentialBackoff(cap=1.0, base=0.05)
 
 
+#: Seconds a Redis or MongoDB reply may take before the client gives up (and MRQ retries): a server that
+#: stopped answering (a frozen process, a network that drops packets) must not block a worker forever.
+#: A ``socket_timeout`` / ``socketTimeoutMS`` in the URI wins.
+SOCKET_TIMEOUT = 60.0
+
+
 def _client_options(max_connections: int) -> dict[str, Any]:
     return {"max_connections": max_connections, "socket_keepalive": True, "health_check_interval": 30,
+            "socket_timeout": SOCKET_TIMEOUT,
             "retry": Retry(_backoff(), retries=_RETRIES),
             "retry_on_error": [redis.ConnectionError, redis.TimeoutError]}
 
@@ -383,7 +390,9 @@ def make_mongodb(uri: str, option: str = "mongodb_jobs") -> Database:
     try:
         with warnings.catch_warnings():  # pymongo ignores an unknown option or a bad value, with a warning
             warnings.simplefilter("error", UserWarning)
-            client = pymongo.MongoClient(uri, event_listeners=[_CommandCounter()], tz_aware=False, connect=False)
+            extra = {} if "sockettimeoutms" in uri.lower() else {"socketTimeoutMS": int(SOCKET_TIMEOUT * 1000)}
+            client = pymongo.MongoClient(uri, event_listeners=[_CommandCounter()], tz_aware=False, connect=False,
+                                         **extra)
         return client[client.get_default_database(default="mrq").name]
     except (PyMongoError, ValueError, TypeError, UserWarning) as exc:  # InvalidURI, ConfigurationError, InvalidName
         if client is not None:

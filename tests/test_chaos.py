@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_a_short_chaos_run_loses_nothing(tmp_path):
     figures = tmp_path / "chaos.json"
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "chaos.py"), "--n", "2000", "--duration", "20",
-                          "--events", "8", "--seed", "7", "--json", str(figures)], capture_output=True, text=True, timeout=600)
+                          "--events", "8", "--seed", "7", "--json", str(figures)],
+                         capture_output=True, text=True, timeout=900)
     print(out.stdout, out.stderr[-3000:])
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
     line = out.stdout.splitlines()[0]

@@ -446,5 +446,5 @@ def test_option_is_a_frozen_dataclass():
                                   "max_latency"])
 def test_intervals_of_zero_are_refused(name):
     """0 would make a busy loop (or, for the TTL, a worker always dead): refused with the minimum to use."""
-    with pytest.raises(ConfigError, match=f"'{name}'.*use at least"):
+    with pytest.raises(ConfigError, match=f"'{name}'.*use (at least|a value from)"):
         cfg(f"--{name}", "0")
