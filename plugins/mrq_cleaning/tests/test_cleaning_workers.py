@@ -57,10 +57,8 @@ def test_no_job_is_requeued_while_its_first_run_is_alive(mrq_worker_factory):
     assert passes >= 5  # the passes did run, alternately, while the jobs were waiting and running
 
 
-@pytest.fixture
-def restartable(request, redis_restartable, mrq_urls):
-    """MRQ pointed at a Redis server this test may stop, wipe and restart, and the session's MongoDB."""
-    urls = ServerURLs(redis=redis_restartable.url, mongodb=mrq_urls.mongodb)
+def _workers_on(urls: ServerURLs, request):
+    """This process's MRQ context on ``urls``, and a factory of workers on them (killed at the end)."""
     setup_context(redis=urls.redis, mongodb_jobs=urls.mongodb)
     workers: list[WorkerProcess] = []
 
@@ -74,6 +72,12 @@ def restartable(request, redis_restartable, mrq_urls):
         for w in workers:
             w.kill()
         connections.reset()
+
+
+@pytest.fixture
+def restartable(request, redis_restartable, mrq_urls):
+    """MRQ pointed at a Redis server this test may stop, wipe and restart, and the session's MongoDB."""
+    yield from _workers_on(ServerURLs(redis=redis_restartable.url, mongodb=mrq_urls.mongodb), request)
 
 
 def test_redis_loses_its_data_queues_are_rebuilt(restartable, redis_restartable):
@@ -110,20 +114,8 @@ def test_redis_loses_its_data_queues_are_rebuilt(restartable, redis_restartable)
 @pytest.fixture
 def both_restartable(request, redis_restartable, mongodb_restartable):
     """MRQ pointed at a Redis and a MongoDB server that this test may stop and restart."""
-    urls = ServerURLs(redis=redis_restartable.url, mongodb=mongodb_restartable.uri("mrq_cleaning_outage"))
-    setup_context(redis=urls.redis, mongodb_jobs=urls.mongodb)
-    workers: list[WorkerProcess] = []
-
-    def make(env=None):
-        workers.append(WorkerProcess(urls, str(request.config.rootpath), env))
-        return workers[-1]
-
-    try:
-        yield make
-    finally:
-        for w in workers:
-            w.kill()
-        connections.reset()
+    yield from _workers_on(ServerURLs(redis=redis_restartable.url,
+                                      mongodb=mongodb_restartable.uri("mrq_cleaning_outage")), request)
 
 
 @pytest.mark.parametrize("service", ["mongodb", "redis"])
