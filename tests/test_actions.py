@@ -1,15 +1,18 @@
-"""Bulk cancel and requeue by filter (the original JobAction), against real servers and a real worker."""
+"""mrq.actions: the job filter (operator injection refused, prefixes escaped) and bulk cancel/requeue by filter
+(the original JobAction), against real servers and a real worker."""
 
 from __future__ import annotations
 
+import datetime
 import time
 
 import pytest
+from bson import ObjectId
+
+from mrq.actions import build_query, cancel_jobs, count_matching, requeue_jobs
 from mrq.context import get_broker
 from mrq.job import Job, queue_job, queue_jobs
 from mrq.queue import Queue
-
-from mrq_cleaning.actions import build_query, cancel_jobs, requeue_jobs
 
 T = "tests.tasks.general."
 
@@ -23,13 +26,68 @@ def test_build_query():
         build_query({"colour": "red"})
     with pytest.raises(ValueError, match="Unknown status"):
         build_query({"status": "done"})
+    oid = ObjectId()
+    assert build_query({"id": str(oid), "worker": [oid, str(oid)]}) == {"_id": oid, "worker": {"$in": [oid, oid]}}
+    assert build_query({"path": "tasks.io.*", "exceptiontype": ["KeyError", "Value*"]}) == {
+        "path": {"$regex": "^tasks\\.io\\."},
+        "$or": [{"exceptiontype": {"$regex": "^Value"}}, {"exceptiontype": "KeyError"}]}
+    assert build_query({"queue": ["a/", "b"], "path": ["x*", "y"]}) == {"$and": [   # two $or: combined with $and
+        {"$or": [{"queue": {"$regex": "^a/"}}, {"queue": "b"}]}, {"$or": [{"path": {"$regex": "^x"}}, {"path": "y"}]}]}
+    assert build_query({"after": "2026-01-02T03:04:05Z", "before": datetime.datetime(2026, 2, 1)}) == {"$and": [
+        {"dateupdated": {"$gte": datetime.datetime(2026, 1, 2, 3, 4, 5)}},
+        {"dateupdated": {"$lt": datetime.datetime(2026, 2, 1)}}]}
+
+
+@pytest.mark.parametrize("filters, message", [
+    ({"params": {"$where": "sleep(1000)"}}, "starts with '\\$'"),
+    ({"params": '{"$where": "1"}'}, "starts with '\\$'"),
+    ({"params": {"user.$ne": 1}}, "starts with '\\$'"),
+    ({"params": {"user": {"$gt": ""}}}, "is a dict"),
+    ({"params": {"user": ["a"]}}, "is a list"),
+    ({"params": {"user": "$name"}}, "starts with '\\$'"),
+    ({"params": "{not json"}, "not valid JSON"),
+    ({"params": "[1, 2]"}, "must be an object"),
+    ({"queue": {"$ne": None}}, "is a dict"),
+    ({"path": "$where"}, "starts with '\\$'"),
+    ({"status": [{"$gt": ""}]}, "is a dict"),
+    ({"id": "not-an-id"}, "not an id"),
+    ({"worker": {"$exists": True}}, "is a dict"),
+    ({"after": "yesterday"}, "not an ISO date"),
+    ({"queue": ["q"] * 1001}, "at most 1000"),
+    ({"$where": "1"}, "Unknown job filter"),
+])
+def test_build_query_refuses_operator_injection(filters, message):
+    with pytest.raises(ValueError, match=message):
+        build_query(filters)
+
+
+def test_wildcards_are_escaped(mrq_config):
+    """A value full of regex syntax matches itself literally (no catastrophic regex reaches the server)."""
+    evil = "(a+)+$" * 5
+    queue_job(T + "Add", {"a": 1, "b": 1}, queue="x" + evil.replace("$", "S"))
+    assert build_query({"path": evil + "*"}) == {"path": {"$regex": "^" + __import__("re").escape(evil)}}
+    assert count_matching({"queue": "x(a+)+S*"}, "cancel") == 1
+    assert count_matching({"queue": "x[(]*"}, "cancel") == 0      # a class, if it were a regex: literal here
+    assert count_matching({"queue": "x.*"}, "cancel") == 0        # '.' is literal too
+    assert count_matching({"path": evil + "*"}, "cancel") == 0
+
+
+def test_mrq_cleaning_actions_reexports_the_kernel():
+    import mrq_cleaning.actions as old
+
+    import mrq.actions
+
+    assert old.cancel_jobs is mrq.actions.cancel_jobs and old.requeue_jobs is mrq.actions.requeue_jobs
 
 
 def test_cancel_queued_by_queue_prefix(mrq_config):
     a = queue_jobs(T + "Add", [{"a": 1, "b": i} for i in range(3)], queue="crawl/a")
     b = queue_jobs(T + "Add", [{"a": 2, "b": i} for i in range(2)], queue="crawl/b")
     other = queue_job(T + "Add", {"a": 3, "b": 3}, queue="crawlers")
+    assert count_matching({"queue": "crawl/"}, "cancel") == 5
+    assert count_matching({"queue": "crawl/"}, "requeue") == 0       # queued jobs are not requeued
     assert cancel_jobs({"queue": "crawl/"}) == {"matched": 5, "cancelled": 5, "stopped": 0}
+    assert count_matching({"queue": "crawl/"}, "requeue") == 5
     assert {Job(i).fetch().status for i in a + b} == {"cancel"}
     assert Job(other).fetch().status == "queued"
     assert cancel_jobs({"queue": "crawl/"}) == {"matched": 0, "cancelled": 0, "stopped": 0}
