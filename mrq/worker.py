@@ -38,6 +38,7 @@ from mrq import status as st
 from mrq.config import Config
 from mrq.connections import ROUNDTRIPS
 from mrq.exceptions import CancelInterrupt, JobInterrupt, MaxConcurrencyInterrupt, StopRequested
+from mrq.history import History
 from mrq.indexes import ensure_indexes
 from mrq.job import JOBS, Job, Outcome, utcnow
 from mrq.logger import JobLogHandler
@@ -84,6 +85,7 @@ class Worker:
         self.log_handler = JobLogHandler(self.id)
         self.log_handler.setFormatter(logging.Formatter(config["log_format"]))
         self._process = psutil.Process()
+        self.history = History()
 
     # ------------------------------------------------------------------ lifecycle
     def work(self) -> int:
@@ -456,6 +458,8 @@ class Worker:
                 "statuses_written": self.writer.written, "status_writes_refused": self.writer.refused,
                 "status_write_errors": self.writer.errors},
         }
+        report["history"] = self.history.sample(self.counters, report["process"]["mem"]["rss"], cpu.user + cpu.system,
+                                                self.active_queues, self.broker.sizes)  # no cost per job
         try:
             self.plugins.hook.mrq_worker_report(worker=self, report=report)
         except Exception:
