@@ -179,12 +179,20 @@ def build_query(filters: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _combine(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """One dict when the parts' keys do not collide (simplest for the query planner), else ``$and``."""
+    """One dict when the parts' keys do not collide (simplest for query planners), else ``$and``. Operator
+    conditions on one field merge (``after`` and ``before``: ``{"$gte": a, "$lt": b}``)."""
     merged: dict[str, Any] = {}
     for part in parts:
-        if any(k in merged for k in part):
+        for key, value in part.items():
+            if key not in merged:
+                merged[key] = value
+                continue
+            current = merged[key]
+            if (isinstance(current, dict) and isinstance(value, dict) and not key.startswith("$")
+                    and all(str(k).startswith("$") for k in (*current, *value)) and not set(current) & set(value)):
+                merged[key] = {**current, **value}
+                continue
             return {"$and": parts}
-        merged.update(part)
     return merged
 
 

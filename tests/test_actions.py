@@ -33,9 +33,8 @@ def test_build_query():
         "$or": [{"exceptiontype": {"$regex": "^Value"}}, {"exceptiontype": "KeyError"}]}
     assert build_query({"queue": ["a/", "b"], "path": ["x*", "y"]}) == {"$and": [   # two $or: combined with $and
         {"$or": [{"queue": {"$regex": "^a/"}}, {"queue": "b"}]}, {"$or": [{"path": {"$regex": "^x"}}, {"path": "y"}]}]}
-    assert build_query({"after": "2026-01-02T03:04:05Z", "before": datetime.datetime(2026, 2, 1)}) == {"$and": [
-        {"dateupdated": {"$gte": datetime.datetime(2026, 1, 2, 3, 4, 5)}},
-        {"dateupdated": {"$lt": datetime.datetime(2026, 2, 1)}}]}
+    assert build_query({"after": "2026-01-02T03:04:05Z", "before": datetime.datetime(2026, 2, 1)}) == {
+        "dateupdated": {"$gte": datetime.datetime(2026, 1, 2, 3, 4, 5), "$lt": datetime.datetime(2026, 2, 1)}}
 
 
 @pytest.mark.parametrize("filters, message", [
