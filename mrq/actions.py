@@ -173,8 +173,12 @@ def build_query(filters: Mapping[str, Any]) -> dict[str, Any]:
         else:
             parts.append(_match(key, key, values))
     job = get_current_job()
-    if job is not None and job.id is not None:  # run as a task: jobs queued after this one are untouched
-        parts.append({"_id": {"$lte": job.id}})
+    if job is not None and job.id is not None:
+        # Run as a task: jobs queued after this one are untouched. Ids made by different processes in the same
+        # second do not sort by time (their middle bytes are random per process), so the bound is the end of
+        # the second of this job's id: every job queued before it is included.
+        end = job.id.generation_time + datetime.timedelta(seconds=1)
+        parts.append({"_id": {"$lt": ObjectId.from_datetime(end)}})
     return _combine(parts)
 
 

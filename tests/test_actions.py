@@ -132,3 +132,18 @@ def test_requeue_pushes_each_id_once(mrq_worker):
         data = Job(i).fetch().data
         assert (data["status"], data["queue"], len(data["traceback_history"])) == ("failed", "again", 2)
     assert Job(cancelled).fetch().data["result"] == 2
+
+
+def test_run_as_a_task_only_jobs_queued_before_it_are_touched():
+    """Inside a job, the filter ends at the end of the second of the job's id: ids of other processes made in
+    that second do not sort by time, so a plain ``_id <= job id`` could skip jobs queued just before."""
+    from mrq.context import set_current_job
+
+    job = Job(ObjectId.from_datetime(datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)))
+    set_current_job(job)
+    try:
+        assert build_query({"queue": "q"}) == {
+            "queue": "q", "_id": {"$lt": ObjectId.from_datetime(datetime.datetime(2026, 1, 2, 3, 4, 6))}}
+    finally:
+        set_current_job(None)
+    assert build_query({"queue": "q"}) == {"queue": "q"}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,6 +40,7 @@ def load_config(argv: Sequence[str] | None, prog: str = "mrq-dashboard") -> Any:
 
 def make_wsgi_app(config: Any) -> Any:
     """The WSGI application for ``config`` (MRQ's context is set to it), behind ProxyFix if asked."""
+    import pymongo
     from mrq.context import connections, set_current_config
 
     from mrq_dashboard.app import create_app
@@ -48,13 +48,14 @@ def make_wsgi_app(config: Any) -> Any:
 
     set_current_config(config)
     if config.get("dashboard_indexes", True):
-        def create_indexes() -> None:
-            try:
+        # Before serving, not beside it: SecantusDB can livelock when an index is created on a collection that
+        # another connection creates at the same moment by an insert.
+        try:
+            with pymongo.timeout(30):
                 ensure_dashboard_indexes(connections.mongodb_jobs)
-            except Exception as exc:  # noqa: BLE001 - the lists still work, only slower
-                log.warning("Dashboard: could not create its indexes (%s: %s); job lists may be slow",
-                            type(exc).__name__, exc)
-        threading.Thread(target=create_indexes, name="dashboard-indexes", daemon=True).start()
+        except Exception as exc:  # noqa: BLE001 - the lists still work, only slower
+            log.warning("Dashboard: could not create its indexes (%s: %s); job lists may be slow",
+                        type(exc).__name__, exc)
     app: Any = create_app(config)
     if config.get("dashboard_trust_proxy"):
         from werkzeug.middleware.proxy_fix import ProxyFix
