@@ -13,6 +13,7 @@ Upper-case names of the config file that are not options (``TASKS``,
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import runpy
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -61,6 +62,7 @@ class Option:
     :param aliases: other flag names (``--mongodb`` for ``--mongodb_jobs``, ``-g``).
     :param choices: the allowed values, if restricted.
     :param positional: a positional argument of the command (``queues`` of ``mrq-worker``).
+    :param check: called with the cast value; raises ``ValueError`` with the reason when it is unusable.
     """
 
     name: str
@@ -71,6 +73,7 @@ class Option:
     aliases: tuple[str, ...] = ()
     choices: tuple[Any, ...] | None = None
     positional: bool = False
+    check: Callable[[Any], None] | None = None
 
     def cast(self, value: Any, source: str) -> Any:
         """Convert ``value`` read from ``source`` to this option's type, or raise ConfigError."""
@@ -88,6 +91,11 @@ class Option:
                 f"Bad value for option {self.name!r} from {source}: {result!r}; "
                 f"choose one of {', '.join(map(str, self.choices))}."
             )
+        if self.check is not None:
+            try:
+                self.check(result)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"Bad value for option {self.name!r} from {source}: {result!r}: {exc}.") from None
         return result
 
     @property
@@ -95,11 +103,21 @@ class Option:
         return "MRQ_" + self.name.upper()
 
 
+def _check_log_format(value: str) -> None:
+    logging.Formatter(value, validate=True)  # ValueError on '%(foo' or a format with no field
+    try:
+        logging.Formatter(value).format(logging.LogRecord("mrq", logging.INFO, "", 0, "message", None, None))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ValueError(f"it names a field that log records do not have ({exc}); use fields such "
+                         "as %(asctime)s, %(levelname)s, %(name)s and %(message)s") from None
+
+
 OPTIONS: tuple[Option, ...] = (
     # -- connections
     Option("redis", str, "redis://127.0.0.1:6379/0",
            "Redis URI: redis://[:password@]host:port/db, rediss:// for TLS, "
-           "redis+sentinel://[:password@]host:port[,host:port]/service/db for Sentinel."),
+           "redis+sentinel://[:password@]host:port[,host:port]/service/db for Sentinel, "
+           "redis+cluster://[:password@]host:port[,host:port] for a Redis Cluster (rediss+cluster:// for TLS)."),
     Option("redis_prefix", str, "mrq", "Prefix (and Cluster hash tag) of every Redis key MRQ writes."),
     Option("redis_max_connections", int, 1000, "Size of the Redis connection pool of a process."),
     Option("mongodb_jobs", str, "mongodb://127.0.0.1:27017/mrq",
@@ -118,7 +136,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("name", str, "", "Worker name (default: <hostname>.<pid>)."),
     Option("log_level", str, "INFO", "Log level of the worker and task loggers.",
            choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
-    Option("log_format", str, "%(asctime)s [%(levelname)s] %(message)s", "Format of log lines."),
+    Option("log_format", str, "%(asctime)s [%(levelname)s] %(message)s",
+           "Format of log lines (Python logging %-style: %(asctime)s, %(levelname)s, %(name)s, %(message)s...).",
+           check=_check_log_format),
     Option("quiet", bool, False, "Do not print task logs to stderr (they are still stored per job)."),
     # -- jobs
     Option("default_job_timeout", float, 3600.0, "Seconds before a running job is killed as 'timeout'."),
@@ -132,6 +152,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("default_job_result_ttl", float, 7 * 86400.0, "Seconds a successful job document is kept."),
     Option("default_job_abort_ttl", float, 86400.0, "Seconds an aborted job document is kept."),
     Option("default_job_cancel_ttl", float, 86400.0, "Seconds a cancelled job document is kept."),
+    Option("max_worker_deaths", int, 3,
+           "A job running when its worker died this many times (SIGKILL, OOM, segfault, --max_memory) ends as "
+           "'maxworkerdeaths' instead of being requeued again (0 = never)."),
     # -- worker
     Option("queues", list, ["default"], "Queues to dequeue from, highest priority first; 'q/' = every "
            "subqueue of q.", commands=("worker",), positional=True),
@@ -184,7 +207,7 @@ OPTIONS: tuple[Option, ...] = (
 #: Keys accepted in an entry of the ``TASKS`` dict.
 TASK_KEYS = frozenset({
     "queue", "timeout", "result_ttl", "abort_ttl", "cancel_ttl", "default_ttl", "max_retries",
-    "retry_delay", "retry_backoff", "retry_max_delay", "retry_on", "max_concurrency",
+    "retry_delay", "retry_backoff", "retry_max_delay", "retry_on", "max_concurrency", "on_max_concurrency",
 })
 
 
@@ -216,11 +239,12 @@ def _build_parser(command: str, options: Sequence[Option], prog: str | None) -> 
                         help="List installed plugins, their versions, state and hooks, and exit.")
     for opt in options:
         if opt.positional:
-            parser.add_argument(opt.name, nargs="*" if opt.type is list else "?", help=opt.help)
+            parser.add_argument(opt.name, nargs="*" if opt.type is list else "?", help=opt.help.replace("%", "%%"))
             continue
         flags = [f"--{opt.name}"] + [f"-{a}" if len(a) == 1 else f"--{a}" for a in opt.aliases]
-        kwargs: dict[str, Any] = {"dest": opt.name, "help": f"{opt.help} [default: {opt.default!r}; env "
-                                  f"{opt.env_var}]"}
+        # argparse %-formats help texts: a default such as the log format's '%(asctime)s' must be escaped.
+        text = f"{opt.help} [default: {opt.default!r}; env {opt.env_var}]".replace("%", "%%")
+        kwargs: dict[str, Any] = {"dest": opt.name, "help": text}
         if opt.type is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         parser.add_argument(*flags, **kwargs)
@@ -244,6 +268,60 @@ def _first(name: str, argv_ns: Mapping[str, Any], env: Mapping[str, str], file_v
     if env.get(env_name):
         return env[env_name]
     return file_values.get(name)
+
+
+_FALSE_WORDS = frozenset({"0", "false", "no", "off", "n", ""})
+
+
+def _is_set(value: Any) -> bool:
+    """Whether an activation flag's value turns its plugin on: anything but a false word or value."""
+    if isinstance(value, str):
+        return value.strip().lower() not in _FALSE_WORDS
+    return bool(value)
+
+
+def _flag_in_argv(name: str, argv: Sequence[str]) -> bool | None:
+    """``--name`` (with or without a value) -> True, ``--no-name`` or ``--name=0`` -> False, absent -> None.
+
+    A token scan rather than argparse: the flag's type (bool, or one taking a value) is declared by the
+    plugin, which is not loaded yet. The last occurrence wins; ``--`` ends the options.
+    """
+    state = None
+    for token in argv:
+        if token == "--":
+            break
+        if token == f"--{name}":
+            state = True
+        elif token == f"--no-{name}":
+            state = False
+        elif token.startswith(f"--{name}="):
+            state = _is_set(token.split("=", 1)[1])
+    return state
+
+
+def _flag_plugins(argv: Sequence[str], env: Mapping[str, str], file_values: Mapping[str, Any],
+                  extra: Mapping[str, Any]) -> dict[str, tuple[str, bool]]:
+    """Activation flags of installed plugins (entry-point group ``mrq.plugin_flags``): flag -> (plugin, on).
+
+    A flag is on when set on the command line, else by ``MRQ_<FLAG>``, else by ``<FLAG>`` in the config
+    file (``extra`` first of all), to anything but a false word (0, false, no, off, empty).
+    """
+    from mrq.plugins import installed_plugin_flags
+
+    flags: dict[str, tuple[str, bool]] = {}
+    for flag, plugin in installed_plugin_flags().items():
+        if flag in extra:
+            on = _is_set(extra[flag])
+        else:
+            state = _flag_in_argv(flag, argv)
+            if state is not None:
+                on = state
+            elif env.get("MRQ_" + flag.upper()):
+                on = _is_set(env["MRQ_" + flag.upper()])
+            else:
+                on = _is_set(file_values.get(flag))
+        flags[flag] = (plugin, on)
+    return flags
 
 
 def _check_tasks(tasks: Any) -> dict[str, dict[str, Any]]:
@@ -296,6 +374,13 @@ def get_config(command: str = COMMON, argv: Sequence[str] | None = None,
     else:
         raw = _first("plugins", pre_ns, env, file_values)
         plugin_names = plugin_opt.cast(raw, "plugins") if raw is not None else []
+    if load_plugins:
+        flags = _flag_plugins(list(argv or []), env, file_values, extra)
+        plugin_names = plugin_names + list(dict.fromkeys(
+            p for p, on in flags.values() if on and p not in plugin_names))
+        if argv is not None:  # `--no-flag` of a plugin left disabled: its option does not exist, drop it
+            off = {f for f, (p, _) in flags.items() if p not in plugin_names}
+            argv = [t for t in argv if not any(t == f"--no-{f}" or t.startswith(f"--{f}=") for f in off)]
     pm = plugin_mod.PluginManager()
     if load_plugins:
         pm.enable(plugin_names)
@@ -329,6 +414,14 @@ def get_config(command: str = COMMON, argv: Sequence[str] | None = None,
     config.update(extra)
     config["plugins"] = list(plugin_names)
     config["tasks"] = _check_tasks(config.get("tasks"))
+    from mrq.broker import queue_kind  # late: the broker imports redis
+    from mrq.raw import check_raw_queues
+    config["raw_queues"] = check_raw_queues(config.get("raw_queues"))
+    if command == "worker":
+        for queue in config.get("queues") or []:
+            if queue_kind(queue) != "r" and queue.split("/", 1)[0] not in config["raw_queues"]:
+                raise ConfigError(f"Queue {queue!r} is a raw queue (by its name) but RAW_QUEUES has no entry "
+                                  f"{queue.split('/', 1)[0]!r}: add one with a job_factory in mrq-config.py.")
     config["config"] = path or ""
     config["_command"] = command
     config["_flags"] = {k: v for k, v in ns.items() if k not in known}

@@ -1,6 +1,7 @@
 """Lazy Redis and MongoDB clients built from the configuration, with round-trip counters.
 
-``connections.redis``, ``connections.mongodb_jobs`` (a pymongo ``Database``) and
+``connections.redis`` (a ``redis.Redis``, or a ``redis.cluster.RedisCluster`` for a ``redis+cluster://``
+URI), ``connections.mongodb_jobs`` (a pymongo ``Database``) and
 ``connections.mongodb_logs`` (``None`` when logs are disabled) are created on
 first use. Any other config key starting with ``redis_`` or ``mongodb_`` whose
 value is a URI becomes a connection of the same name (``connections.redis_cache``).
@@ -12,8 +13,10 @@ check the per-job cost, and the worker report shows them.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlparse
 
 import pymongo
@@ -21,13 +24,15 @@ import redis
 from pymongo import monitoring
 from pymongo.database import Database
 from pymongo.errors import ConfigurationError, InvalidURI
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.exceptions import ClusterDownError, RedisClusterException, SlotNotCoveredError
 from redis.retry import Retry
 
 from mrq.exceptions import ConnectionsError
 
 __all__ = ["Connections", "ROUNDTRIPS", "make_redis", "make_mongodb", "make_sentinel_redis",
-           "parse_sentinel_uri"]
+           "parse_sentinel_uri", "make_cluster_redis", "parse_cluster_uri"]
 
 #: Round trips made by this process, by kind ("redis", "mongodb"). A pipeline or a
 #: bulk write counts once.
@@ -59,28 +64,40 @@ def _counting(cls: Any) -> type:
 
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+
+#: Every client retries a command through short outages: 40 tries with exponential backoff, at most 1 s apart.
+_RETRIES = 40
+
+
+def _backoff() -> ExponentialBackoff:
+    return ExponentialBackoff(cap=1.0, base=0.05)
 
 
 def _client_options(max_connections: int) -> dict[str, Any]:
     return {"max_connections": max_connections, "socket_keepalive": True, "health_check_interval": 30,
-            "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=40),
+            "retry": Retry(_backoff(), retries=_RETRIES),
             "retry_on_error": [redis.ConnectionError, redis.TimeoutError]}
 
 
-def make_redis(uri: str, option: str = "redis", max_connections: int = 1000) -> redis.Redis:
+def make_redis(uri: str, option: str = "redis", max_connections: int = 1000) -> redis.Redis | RedisCluster:
     """A Redis client for ``uri`` that retries through short outages (a server restart or a failover).
 
     ``redis://``, ``rediss://`` (TLS) and ``unix://`` URIs are read by redis-py; ``redis+sentinel://``
-    URIs (see :func:`make_sentinel_redis`) give a client of the master that a Sentinel names.
+    URIs (see :func:`make_sentinel_redis`) give a client of the master that a Sentinel names;
+    ``redis+cluster://`` URIs (see :func:`make_cluster_redis`) a Redis Cluster client.
     """
     parsed = urlparse(uri)
     if parsed.scheme in SENTINEL_SCHEMES:
         return make_sentinel_redis(uri, option, max_connections)
+    if parsed.scheme in CLUSTER_SCHEMES:
+        return make_cluster_redis(uri, option, max_connections)
     if parsed.scheme not in {"redis", "rediss", "unix"}:
         raise ConnectionsError(
             f"--{option} {uri!r} is not a Redis URI: use redis://[:password@]host:port/db, "
-            "rediss://... for TLS, unix:///path/to/socket or "
-            "redis+sentinel://[:password@]host:port[,host:port...]/service_name/db.")
+            "rediss://... for TLS, unix:///path/to/socket, "
+            "redis+sentinel://[:password@]host:port[,host:port...]/service_name/db or "
+            "redis+cluster://[:password@]host:port[,host:port...].")
     try:
         client = redis.Redis.from_url(uri, **_client_options(max_connections))
     except ValueError as exc:
@@ -104,9 +121,12 @@ def _split_hosts(uri: str, default_port: int, bad: Any) -> tuple[str, list[tuple
         if not host:
             raise bad("a server address is empty")
         try:
-            out.append((host.strip("[]"), int(port)))
+            number = int(port)
         except ValueError:
             raise bad(f"port {port!r} of {item!r} is not a number") from None
+        if not 0 < number < 65536:
+            raise bad(f"port {number} of {item!r} is not between 1 and 65535")
+        out.append((host.strip("[]"), number))
     return scheme, out, path, userinfo, query
 
 
@@ -174,6 +194,175 @@ def make_sentinel_redis(uri: str, option: str = "redis", max_connections: int = 
     pool = client.connection_pool
     pool.connection_class = _counting(pool.connection_class)
     return client
+
+
+def _choice(choices: dict[str, Any]) -> Callable[[str], Any]:
+    def parse(value: str) -> Any:
+        if value.lower() not in choices:
+            raise ValueError(value)
+        return choices[value.lower()]
+    return parse
+
+
+# Query options of a cluster URI -> their parser (a ValueError is a bad value).
+_CLUSTER_OPTIONS: dict[str, Callable[[str], Any]] = {"socket_timeout": float, "socket_connect_timeout": float}
+_CLUSTER_TLS_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "ssl_ca_certs": str, "ssl_certfile": str, "ssl_keyfile": str,
+    "ssl_cert_reqs": _choice({"required": "required", "optional": "optional", "none": "none"}),
+    "ssl_check_hostname": _choice({"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}),
+}
+
+
+def parse_cluster_uri(uri: str, option: str = "redis") -> dict[str, Any]:
+    """Read ``redis+cluster://[[user]:password@]host:port[,host:port...][?options]``.
+
+    The hosts are startup nodes: any one that answers gives the client the layout of the whole cluster (list
+    several in case one is down). A Redis Cluster has only database 0, so the URI has no path. Query options:
+    ``socket_timeout``, ``socket_connect_timeout`` (seconds); with ``rediss+cluster://`` (TLS to every node)
+    also ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile`` (paths), ``ssl_cert_reqs`` (required, optional,
+    none) and ``ssl_check_hostname`` (true, false).
+    Returns ``nodes`` [(host, port)], ``username``, ``password``, ``ssl`` and ``options`` (client keyword
+    arguments).
+    """
+    def bad(why: str) -> ConnectionsError:
+        return ConnectionsError(
+            f"--{option} {uri!r} is not a valid Redis Cluster URI ({why}); expected "
+            "redis+cluster://[[user]:password@]host:port[,host:port...][?socket_timeout=...], "
+            "or rediss+cluster://... for TLS.")
+
+    scheme, nodes, path, userinfo, query = _split_hosts(uri, 6379, bad)
+    username, password = _user_password(userinfo)
+    if path.strip("/"):
+        raise bad(f"a Redis Cluster has only database 0, so the URI takes no path: remove '/{path}'")
+    ssl = scheme.startswith("rediss")
+    allowed = {**_CLUSTER_OPTIONS, **(_CLUSTER_TLS_OPTIONS if ssl else {})}
+    options: dict[str, Any] = {}
+    for name, values in parse_qs(query, keep_blank_values=True).items():
+        if name == "db":
+            raise bad("a Redis Cluster has only database 0: remove the db option")
+        if name in _CLUSTER_TLS_OPTIONS and not ssl:
+            raise bad(f"option {name} is for TLS: use rediss+cluster://")
+        if name not in allowed:
+            raise bad(f"unknown option {name}; known: {', '.join(sorted(allowed))}")
+        try:
+            options[name] = allowed[name](values[-1])
+        except ValueError:
+            raise bad(f"option {name}={values[-1]!r} is not a valid value") from None
+    return {"nodes": nodes, "username": username, "password": password, "ssl": ssl, "options": options}
+
+
+_T = TypeVar("_T")
+
+
+def _outage(exc: BaseException) -> bool:
+    """True for a cluster error that waiting may fix: a node down or restarting (also every node, when the
+    layout cannot be read), a slot without a node during a failover. Not a refused password."""
+    if isinstance(exc, redis.AuthenticationError | redis.exceptions.AuthorizationError):
+        return False
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | ClusterDownError | SlotNotCoveredError):
+        return True
+    return isinstance(exc, RedisClusterException) and exc.__cause__ is not None and _outage(exc.__cause__)
+
+
+def _with_backoff(do: Callable[[], _T]) -> _T:
+    """``do()``, tried again after an outage error with the backoff of the other clients."""
+    backoff = _backoff()
+    failures = 0
+    while True:
+        try:
+            return do()
+        except Exception as exc:
+            failures += 1
+            if failures > _RETRIES or not _outage(exc):
+                raise
+            time.sleep(backoff.compute(failures))
+
+
+class _ClusterClient(RedisCluster):
+    """redis-py's ``RedisCluster``, retrying through outages like MRQ's other clients.
+
+    redis-py retries a failed command on a cluster at once, without waiting (all its tries fail within 0.1 s
+    while the node of MRQ's slot restarts), and a transaction only while some node answers. So redis-py is told
+    to try once (``retry=Retry(NoBackoff(), 0)``; a failed try still makes it read the cluster's layout again,
+    as a failover moves slots), and this client tries again after a wait (:func:`_with_backoff`), commands and
+    pipelines alike (:class:`_ReplayingPipeline`).
+    """
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        return _with_backoff(lambda: RedisCluster.execute_command(self, *args, **kwargs))
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
+        pipe = super().pipeline(transaction, shard_hint)
+        pipe.__class__ = _ReplayingPipeline  # the pipeline redis-py built, with the methods below
+        pipe._mrq_commands = []  # type: ignore[attr-defined]
+        return pipe
+
+
+class _ReplayingPipeline(ClusterPipeline):
+    """A cluster pipeline retried like :class:`_ClusterClient`. redis-py empties a pipeline whose ``execute``
+    failed, so its commands are kept here to be queued again. Not after ``watch()``: the commands then run at
+    once, and a retry could not keep the watch, so such a transaction is tried once."""
+
+    _mrq_commands: list[tuple[tuple[Any, ...], dict[str, Any]]] | None
+
+    def watch(self, *names: Any) -> Any:
+        self._mrq_commands = None
+        return super().watch(*names)
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if self._mrq_commands is not None:
+            self._mrq_commands.append((args, kwargs))
+        return super().execute_command(*args, **kwargs)
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        commands, self._mrq_commands = self._mrq_commands, []
+        if commands is None:
+            return ClusterPipeline.execute(self, raise_on_error)
+
+        def attempt() -> list[Any]:
+            if not len(self):  # emptied by the failed try
+                for args, kwargs in commands:
+                    ClusterPipeline.execute_command(self, *args, **kwargs)
+            return ClusterPipeline.execute(self, raise_on_error)
+
+        return _with_backoff(attempt)
+
+
+def make_cluster_redis(uri: str, option: str = "redis", max_connections: int = 1000) -> RedisCluster:
+    """A Redis Cluster client for ``uri`` (``redis+cluster://...``, see :func:`parse_cluster_uri`).
+
+    It reads the cluster's layout now, trying for as long as the other clients retry a command (about 35 s)
+    before it gives up with a :class:`ConnectionsError`. Commands retry through short outages like the other
+    clients; round trips are counted on every node's connections. ``max_connections`` is per node.
+    """
+    from redis.connection import Connection, SSLConnection
+
+    spec = parse_cluster_uri(uri, option)
+    if not hasattr(redis.cluster, "TransactionStrategy"):
+        raise ConnectionsError(
+            f"--{option} {uri!r}: MRQ needs transactions on a Redis Cluster, which redis-py {redis.__version__} "
+            "does not have; upgrade it: pip install 'redis>=6.1'.")
+    (host, port), *others = spec["nodes"]
+    counting = _counting(SSLConnection if spec["ssl"] else Connection)
+
+    def connect() -> RedisCluster:
+        # RedisCluster hands its keyword arguments (connection_class included) to each node's ConnectionPool
+        # only when it is built from a URL; otherwise to Redis(), which takes no connection_class. So the first
+        # node goes in a URL that carries nothing else (every option is a keyword argument).
+        return _ClusterClient(
+            url=f"redis://[{host}]:{port}" if ":" in host else f"redis://{host}:{port}",
+            startup_nodes=[ClusterNode(h, p) for h, p in others], connection_class=counting,
+            retry=Retry(NoBackoff(), retries=0), max_connections=max_connections,
+            socket_keepalive=True, username=spec["username"], password=spec["password"], **spec["options"])
+
+    try:
+        return _with_backoff(connect)
+    except (redis.RedisError, RedisClusterException) as exc:
+        nodes = ", ".join(f"{h}:{p}" for h, p in spec["nodes"])
+        raise ConnectionsError(
+            f"--{option} {uri!r}: cannot read the layout of the Redis Cluster from {nodes} "
+            f"({type(exc).__name__}: {exc}). Check that the nodes run, in cluster mode (CLUSTER INFO says "
+            "cluster_state:ok), and that the password and TLS options are right.") from None
 
 
 def make_mongodb(uri: str, option: str = "mongodb_jobs") -> Database:
@@ -246,6 +435,8 @@ class Connections:
         for value in self._cache.values():
             if isinstance(value, redis.Redis):
                 value.connection_pool.disconnect()
+            elif isinstance(value, RedisCluster):
+                value.close()
             elif isinstance(value, Database):
                 value.client.close()
         self._cache.clear()

@@ -82,9 +82,12 @@ workers in mrq_workers. Press Ctrl-C to stop the worker and the servers.
 def main(argv: Sequence[str] | None = None) -> int:
     """``mrq-embedded``: servers + a worker with example jobs, in the foreground until Ctrl-C."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("-h", "--help"):
-        print(__doc__)
+    if "-h" in argv or "--help" in argv:
+        print("usage: mrq-embedded [mrq-worker options]\n" + (__doc__ or "") +
+              "\nOptions are passed to the worker (queue: default); see `mrq-worker --help`.")
         return 0
+    if not _worker_options_ok(argv):
+        return 2
     def on_sigterm(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
@@ -115,6 +118,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         for server in _kept:
             server.stop()
     return worker.returncode or 0 if worker is not None else 0
+
+
+def _worker_options_ok(argv: list[str]) -> bool:
+    """Check the worker options before starting anything: a typo fails at once, with no server started."""
+    from mrq.config import get_config
+    from mrq.exceptions import MRQError
+
+    try:
+        get_config("worker", argv=[*argv, "default"], extra={"embedded": False}, prog="mrq-embedded")
+    except MRQError as exc:
+        print(f"mrq-embedded: error: {exc}", file=sys.stderr)
+        return False
+    except SystemExit as exc:  # argparse already printed the usage and the error
+        return not exc.code
+    return True
 
 
 _SEED = """

@@ -10,7 +10,7 @@ Phases:
 1. Plugin and configuration: ``mrq_add_hookspecs``, ``mrq_add_options``, ``mrq_configure``.
 2. Enqueue (any process that queues jobs): ``mrq_jobs_enqueued``.
 3. Worker lifecycle: ``mrq_worker_start``, ``mrq_worker_services``, ``mrq_worker_report``,
-   ``mrq_worker_stop``.
+   ``mrq_redis_data_lost``, ``mrq_worker_stopping``, ``mrq_worker_stop``.
 4. Job lifecycle (inside a worker): ``mrq_jobs_dequeued``, ``mrq_job_execute``, ``mrq_job_finished``,
    ``mrq_job_status_changed``.
 """
@@ -136,6 +136,32 @@ def mrq_worker_report(worker: Worker, report: dict[str, Any]) -> None:
         plugin; values must be BSON-serialisable.
 
     Called every ``--report_interval`` seconds and once more at stop.
+    """
+
+
+@hookspec
+def mrq_redis_data_lost(worker: Worker) -> None:
+    """MRQ's data in Redis is gone: Redis restarted without persistence (or was flushed), or this is the first
+    worker ever started on it. Queues, delayed jobs and in-flight records are lost; job documents are not.
+
+    :param worker: the worker that noticed it: one worker per loss, across all workers (the first whose
+        heartbeat finds MRQ's marker key missing and sets it again).
+
+    Called in a greenlet of its own, so an implementation may take long (rebuild the queues from MongoDB, as the
+    cleaning plugin does) without delaying the heartbeat. Noticed within one ``--heartbeat_interval``.
+    """
+
+
+@hookspec
+def mrq_worker_stopping(worker: Worker, reason: str) -> None:
+    """The worker stopped dequeuing; its running jobs go on (or are being interrupted).
+
+    :param worker: the worker.
+    :param reason: why: ``signal`` (SIGINT, SIGTERM), ``max_jobs``, ``max_time``, ``max_memory``, ``burst``
+        (the queues are empty), ``service`` (a kernel service died), ``error`` (the main loop crashed).
+
+    Called once, in the worker's main greenlet, before it waits for its running jobs and calls
+    ``mrq_worker_stop``: the place to stop taking in new work of your own (a scheduler, a feed).
     """
 
 

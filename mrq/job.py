@@ -8,7 +8,10 @@ documents in bulk, then pushes the ids in one atomic Redis step.
 from __future__ import annotations
 
 import datetime
+import hashlib
+import os
 import random
+import sys
 import time
 import traceback
 from collections.abc import Iterable, Mapping, Sequence
@@ -17,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import bson
 import gevent
+import pymongo.errors
 from bson import ObjectId
 
 from mrq import status as st
@@ -32,12 +36,14 @@ from mrq.exceptions import (
 from mrq.hookspecs import hookimpl
 
 if TYPE_CHECKING:
+    from mrq.raw import RawQueueSettings
     from mrq.task import TaskSettings
     from mrq.worker import Worker
 
-__all__ = ["Job", "queue_job", "queue_jobs", "get_job_result", "Outcome", "JOBS", "utcnow"]
+__all__ = ["Job", "queue_job", "queue_jobs", "job_id_for", "get_job_result", "Outcome", "RawJob", "JOBS", "utcnow"]
 
 JOBS = "mrq_jobs"
+_DUPLICATE_KEY = 11000
 
 
 def utcnow() -> datetime.datetime:
@@ -64,18 +70,61 @@ def _check_params(path: str, params_list: Sequence[Any]) -> None:
                 "(dict with str keys, list, str, int, float, bool, None, datetime, ObjectId).") from None
 
 
+def job_id_for(unique_key: str) -> ObjectId:
+    """The job id of a unique key: the same key always gives the same id (the first 12 bytes of its SHA-256), so
+    ``queue_job(..., unique_key=key)`` queues at most one job per key while its document exists. Such an id's
+    timestamp part means nothing."""
+    if not isinstance(unique_key, str) or not unique_key:
+        raise InvalidParams(f"unique_key must be a non-empty string, not {unique_key!r}.")
+    return ObjectId(hashlib.sha256(unique_key.encode()).digest()[:12])
+
+
+def _given_ids(job_ids: Sequence[Any], count: int) -> list[ObjectId]:
+    if isinstance(job_ids, (str, bytes)) or len(job_ids) != count:
+        raise InvalidParams(f"job_ids must be a list with one id per params dict ({count}), not {job_ids!r:.100}.")
+    out = []
+    for value in job_ids:
+        if isinstance(value, ObjectId):
+            out.append(value)
+        elif isinstance(value, str) and ObjectId.is_valid(value):
+            out.append(ObjectId(value))
+        else:
+            raise InvalidParams(f"Job id {value!r:.60} is not an ObjectId nor its 24-hexadecimal-character string "
+                                "(use mrq.job.job_id_for(key) to turn any string into one).")
+    return out
+
+
+def _insert_new(collection: Any, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Insert ``docs``; return those created, leaving out the ones whose id already existed (an atomic check
+    per document, by MongoDB's unique ``_id``: among concurrent enqueuers of one id exactly one creates it)."""
+    try:
+        collection.insert_many(docs, ordered=False)
+        return docs
+    except pymongo.errors.BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        if any(e.get("code") != _DUPLICATE_KEY for e in errors):
+            raise
+        existing = {e["index"] for e in errors}
+        return [d for i, d in enumerate(docs) if i not in existing]
+
+
 def queue_jobs(path: str, params_list: Iterable[Mapping[str, Any]], queue: str | None = None,
-               delay: float = 0, batch_size: int = 1000) -> list[ObjectId]:
+               delay: float = 0, batch_size: int = 1000, job_ids: Sequence[ObjectId | str] | None = None
+               ) -> list[ObjectId]:
     """Enqueue one job per params dict; returns their ids.
 
     :param path: the task's dotted path (it need not be importable here).
     :param params_list: one dict per job, BSON-serialisable.
-    :param queue: default: the task's ``TASKS`` queue, else ``default``.
+    :param queue: default: the task's ``TASKS`` queue (or class attribute), else ``default``.
     :param delay: seconds before the jobs may run.
-    :raises InvalidParams: before anything is written, if any params dict can't be stored.
+    :param job_ids: ids chosen by the caller (ObjectIds or their hex strings), one per params dict: a job whose
+        id already exists is not created nor queued again, and its id is returned all the same (exactly one of
+        several concurrent enqueuers of an id creates it).
+    :raises InvalidParams: before anything is written, if any params dict, id or the queue is unusable.
 
     Costs one ``insert_many`` and one Redis MULTI per ``batch_size`` jobs.
     """
+    from mrq.broker import queue_kind
     from mrq.context import get_broker, get_current_config, get_plugin_manager
     from mrq.task import task_settings
 
@@ -83,35 +132,56 @@ def queue_jobs(path: str, params_list: Iterable[Mapping[str, Any]], queue: str |
         raise InvalidParams(f"Task path {path!r} is not a dotted path like 'tasks.Add'.")
     params_list = list(params_list)
     _check_params(path, params_list)
+    given = _given_ids(job_ids, len(params_list)) if job_ids is not None else None
     config = get_current_config()
-    settings = task_settings(path, config, load=False)
+    settings = task_settings(path, config)
     queue = queue or settings.queue
     if not isinstance(queue, str) or not queue.strip() or " " in queue:
         raise InvalidParams(f"Queue name {queue!r} is invalid: use a non-empty name without spaces.")
+    if queue_kind(queue) != "r":
+        raise InvalidParams(f"Queue {queue!r} is a raw queue (by its name): use mrq.raw.queue_raw_jobs for it.")
     delay = float(delay or 0)
     collection, broker, hook = _jobs_collection(), get_broker(), get_plugin_manager().hook
     ids: list[ObjectId] = []
     for start in range(0, len(params_list), batch_size):
         now = utcnow()
+        chunk = params_list[start:start + batch_size]
+        chunk_ids = given[start:start + batch_size] if given else [ObjectId() for _ in chunk]
         docs: list[dict[str, Any]] = [
-            {"_id": ObjectId(), "path": path, "params": dict(p), "queue": queue, "status": st.QUEUED,
+            {"_id": i, "path": path, "params": dict(p), "queue": queue, "status": st.QUEUED,
              "datequeued": now, "dateupdated": now, "retry_count": 0,
              "dateexpires": now + datetime.timedelta(seconds=settings.default_ttl)}
-            for p in params_list[start:start + batch_size]]
+            for i, p in zip(chunk_ids, chunk, strict=True)]
         if delay:
             for d in docs:
                 d["datedue"] = now + datetime.timedelta(seconds=delay)
-        collection.insert_many(docs, ordered=False)
-        batch_ids = [d["_id"] for d in docs]
-        broker.push(queue, [str(i) for i in batch_ids], delay=delay)
-        hook.mrq_jobs_enqueued(queue=queue, path=path, job_ids=batch_ids, delay=delay)
-        ids.extend(batch_ids)
+        if given:
+            seen: set[ObjectId] = set()
+            docs = [d for d in docs if not (d["_id"] in seen or seen.add(d["_id"]))]  # type: ignore[func-returns-value]
+            created = [d["_id"] for d in _insert_new(collection, docs)]
+        else:
+            collection.insert_many(docs, ordered=False)
+            created = chunk_ids
+        if created:
+            broker.push(queue, [str(i) for i in created], delay=delay)
+            hook.mrq_jobs_enqueued(queue=queue, path=path, job_ids=created, delay=delay)
+        ids.extend(chunk_ids)
     return ids
 
 
-def queue_job(path: str, params: Mapping[str, Any], queue: str | None = None, delay: float = 0) -> ObjectId:
-    """Enqueue one job; see :func:`queue_jobs`."""
-    return queue_jobs(path, [params], queue=queue, delay=delay)[0]
+def queue_job(path: str, params: Mapping[str, Any], queue: str | None = None, delay: float = 0,
+              job_id: ObjectId | str | None = None, unique_key: str | None = None) -> ObjectId:
+    """Enqueue one job; see :func:`queue_jobs`.
+
+    :param job_id: the job's id, chosen by the caller: if a job with this id exists, nothing is created.
+    :param unique_key: any string, turned into the job id by :func:`job_id_for` (give one or the other).
+    """
+    if unique_key is not None:
+        if job_id is not None:
+            raise InvalidParams("Give job_id or unique_key, not both.")
+        job_id = job_id_for(unique_key)
+    return queue_jobs(path, [params], queue=queue, delay=delay,
+                      job_ids=[job_id] if job_id is not None else None)[0]
 
 
 def get_job_result(job_id: ObjectId | str) -> dict[str, Any]:
@@ -130,6 +200,44 @@ class Outcome:
     delayed: tuple[str, float] | None = None   # (queue, due unix time)
     requeue: str | None = None                 # queue to push back at the head
     release: str | None = None                 # semaphore (task path) to free
+    raw_push: tuple[str, str, float | None] | None = None  # a raw job's (queue, payload, score) to push back
+
+
+@dataclass
+class RawJob:
+    """What a worker knows of a job popped from a raw queue: where it came from and what its queue stores."""
+
+    queue: str
+    payload: str
+    settings: RawQueueSettings
+    score: float | None = None
+    error: BaseException | None = None  # the job_factory failed on this payload
+    stored: bool = False                # a status of this job was handed to the writer for storage
+    _inserted: bool = False
+
+    def stores(self, status: str) -> bool:
+        """Whether ``status`` is written to MongoDB: unless ``statuses_no_storage`` names it; a retry always is
+        (it needs its count), and so is every status after a first stored one (the job is then a regular one)."""
+        if self.stored or status == st.RETRY or status not in self.settings.statuses_no_storage:
+            self.stored = True
+        return self.stored
+
+    def insert(self, job: Job) -> dict[str, Any] | None:
+        """The fields of ``job``'s document, created with its first stored status (then ``None``)."""
+        if self._inserted:
+            return None
+        self._inserted = True
+        data = job.data or {}
+        fields = {k: data[k] for k in ("path", "params", "queue", "datequeued", "retry_count") if k in data}
+        ttl = job.settings.default_ttl if job.settings else 180 * 86400.0
+        return fields | {"raw_queue": self.queue, "raw_payload": self.payload,
+                         "dateexpires": utcnow() + datetime.timedelta(seconds=ttl)}
+
+    def push_back(self, delay: float = 0.0) -> tuple[str, str, float | None]:
+        """``(queue, payload, score)`` to put the job back into its raw queue (a timed set: due in ``delay`` s)."""
+        if self.queue.split("/", 1)[0].endswith("_timed_set"):
+            return self.queue, self.payload, time.time() + delay
+        return self.queue, self.payload, self.score
 
 
 class Job:
@@ -156,6 +264,7 @@ class Job:
         self.greenlet: Any = None
         self.stored: dict[str, Any] = {}
         self.settings: TaskSettings | None = None
+        self.raw: RawJob | None = None
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.path}>"
@@ -210,15 +319,26 @@ class Job:
 
     # -- actions
     def cancel(self) -> bool:
-        """Cancel the job: a queued job never runs, a running one is stopped within about a second.
+        """Cancel the job: a queued job never runs, a running one is stopped within about a second (a running raw
+        job with no stored status too: it ends as ``cancel``, stored unless its queue's ``statuses_no_storage``
+        names it).
 
         Returns ``False`` if the job had already finished (its status is kept).
+        :raises JobNotFound: if no job has this id, stored or running.
         """
         from mrq.context import get_broker, get_current_config, get_plugin_manager
         from mrq.task import task_settings
 
-        data = self.data if self.data and "path" in self.data else self.fetch(["path"]).data or {}
-        ttl = task_settings(data.get("path", ""), get_current_config(), load=False).cancel_ttl
+        if self.data and "path" in self.data:
+            data = self.data
+        else:
+            found = _jobs_collection().find_one({"_id": self.id}, {"path": 1})
+            if found is None:  # a raw job that stored nothing yet: stop it if it runs
+                if get_broker().request_kill([str(self.id)]):
+                    return True
+                raise JobNotFound(f"No job with id {self.id} in {JOBS}, and none running with it.")
+            data = found
+        ttl = task_settings(data.get("path", ""), get_current_config()).cancel_ttl
         now = utcnow()
         fields = {"status": st.CANCEL, "dateupdated": now, "dateexpires": now + datetime.timedelta(seconds=ttl)}
         res = _jobs_collection().update_one(
@@ -257,8 +377,8 @@ class Job:
             return False
         if rec:
             broker.requeue_inflight([InFlight(str(self.id), "", 0, queue)])
-        else:  # a cancelled job may still have its id in the list: never push it twice
-            broker.push_unique(queue, [(str(self.id), 0.0, True)])
+        else:  # a cancelled job may still have its id in its list: never push it twice, nor leave it behind
+            broker.push_unique(queue, [(str(self.id), 0.0, True)], move_from=self.queue)
         get_plugin_manager().hook.mrq_job_status_changed(job_id=self.id, status=st.QUEUED, fields=fields)
         return True
 
@@ -278,7 +398,7 @@ class Job:
             outcome = Outcome(st.SUCCESS)
         except BaseException as exc:  # noqa: BLE001 - every way a task can end is a status
             self.exception = exc
-            self.traceback = _format_traceback(exc)
+            self.traceback = _format_traceback(exc, self.path)
             outcome = self._outcome_of(exc)
         finally:
             fired = not timer.pending
@@ -289,6 +409,13 @@ class Job:
             outcome = Outcome(st.TIMEOUT)
             self.traceback = self.traceback or "TimeoutInterrupt (caught by the task)"
         return self._complete(outcome)
+
+    def fail_with(self, exc: BaseException) -> Outcome:
+        """End the job as ``failed`` with ``exc`` without running it (a raw job whose payload its factory refused)."""
+        self.exception = exc
+        self.traceback = _format_traceback(exc)
+        self.datestarted = time.time()
+        return self._complete(Outcome(st.FAILED))
 
     def _outcome_of(self, exc: BaseException) -> Outcome:
         assert self.settings is not None
@@ -343,11 +470,20 @@ class Job:
         return outcome
 
 
-def _format_traceback(exc: BaseException) -> str:
-    """The traceback of a task error, without the frames of pluggy's hook machinery."""
+def _format_traceback(exc: BaseException, path: str = "") -> str:
+    """The traceback of a task error, starting at the task's own code: the frames that led to it (MRQ's, pluggy's,
+    the wrappers of plugins) are left out. Without a frame of the task's module (a task that does not import, a
+    job factory that fails), only pluggy's frames are left out."""
     te = traceback.TracebackException.from_exception(exc)
-    te.stack = traceback.StackSummary.from_list(
-        [f for f in te.stack if "/pluggy/" not in f.filename])
+    frames = [f for f in te.stack if "/pluggy/" not in f.filename]
+    module = sys.modules.get(path.rpartition(".")[0]) if path else None
+    task_file = getattr(module, "__file__", None)
+    if task_file:
+        task_file = os.path.abspath(task_file)
+        first = next((i for i, f in enumerate(frames) if os.path.abspath(f.filename) == task_file), None)
+        if first is not None:
+            frames = frames[first:]
+    te.stack = traceback.StackSummary.from_list(frames)
     return "".join(te.format())
 
 

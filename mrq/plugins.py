@@ -3,6 +3,7 @@
 A plugin is enabled by name (``--plugins a,b``, ``MRQ_PLUGINS``, ``PLUGINS = [...]``):
 either the name of an installed entry point (``memtrace``) or the dotted path of
 a module or object (``myproject.mrq_plugin``), handy for a plugin that is not packaged.
+Entry points are listed and loaded with stevedore: only the plugins named are imported.
 """
 
 from __future__ import annotations
@@ -19,31 +20,83 @@ import pluggy
 from mrq import hookspecs
 from mrq.exceptions import PluginError
 
-__all__ = ["PluginManager", "ENTRY_POINT_GROUP", "installed_plugins"]
+__all__ = ["PluginManager", "ENTRY_POINT_GROUP", "FLAG_ENTRY_POINT_GROUP", "installed_plugins",
+           "installed_plugin_flags"]
 
 ENTRY_POINT_GROUP = "mrq.plugins"
+#: Activation flags: an entry point ``trace_memory = memtrace`` of this group makes ``--trace_memory``
+#: (or ``MRQ_TRACE_MEMORY``, ``TRACE_MEMORY``) enable the installed plugin ``memtrace``.
+FLAG_ENTRY_POINT_GROUP = "mrq.plugin_flags"
 log = logging.getLogger("mrq.plugins")
 
 
-def installed_plugins() -> dict[str, Any]:
-    """Entry points of group ``mrq.plugins``, by name (nothing is imported).
+def _entry_points(group: str) -> list[Any]:
+    """The entry points of ``group``, nothing imported, listed by stevedore.
 
-    Read with ``importlib.metadata`` on each call, which is what stevedore reads too: a
-    ``stevedore.ExtensionManager`` would import every plugin just to list it, cache the list for the
-    whole process (a plugin installed meanwhile stays invisible) and return entry points without their
-    distribution (so without a version).
+    stevedore keeps the entry points of every installed distribution in an on-disk cache
+    (``~/.cache/python-entrypoints``) keyed by ``sys.path`` and the modification times of the path entries and
+    of each distribution's ``entry_points.txt``: a distribution installed after a first run changes the key, so
+    the next process sees it. Its per-process memo of a group ignores changes of ``sys.path``; it is dropped
+    first, and the on-disk cache keeps a re-read cheap.
     """
-    from importlib.metadata import entry_points
+    from stevedore import ExtensionManager, NamedExtensionManager
 
+    ExtensionManager.ENTRY_POINT_CACHE.pop(group, None)
+    return list(NamedExtensionManager(group, names=[], on_missing_entrypoints_callback=None).list_entry_points())
+
+
+def installed_plugins() -> dict[str, Any]:
+    """Entry points of group ``mrq.plugins``, by name (nothing is imported)."""
     found: dict[str, Any] = {}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    for ep in _entry_points(ENTRY_POINT_GROUP):
         found.setdefault(ep.name, ep)
     return found
 
 
-def _version_of(entry_point: Any) -> str:
-    dist = getattr(entry_point, "dist", None)
-    return getattr(dist, "version", "") or ""
+def installed_plugin_flags() -> dict[str, str]:
+    """Activation flags declared by installed distributions: option name -> plugin name.
+
+    Read from the entry points of group ``mrq.plugin_flags`` without importing anything, so that a flag
+    can enable a plugin that is not loaded yet (the plugin itself declares the option with
+    ``mrq_add_options``, once it is enabled).
+    """
+    found: dict[str, str] = {}
+    for ep in _entry_points(FLAG_ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, ep.value.strip())
+    return found
+
+
+def _versions() -> dict[str, str]:
+    """Version of the distribution of each installed plugin, by plugin name (``importlib.metadata``)."""
+    from importlib.metadata import entry_points
+
+    found: dict[str, str] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(ep, "dist", None)
+        found.setdefault(ep.name, getattr(dist, "version", "") or "")
+    return found
+
+
+def _load(names: list[str]) -> dict[str, Any]:
+    """Import the installed plugins ``names`` (and no other) with stevedore; raise :class:`PluginError` for an
+    unknown name (listing the installed ones) or a plugin that fails to import."""
+    from stevedore import NamedExtensionManager
+
+    missing: list[str] = []
+    failed: dict[str, BaseException] = {}
+    manager = NamedExtensionManager(
+        ENTRY_POINT_GROUP, names=names, on_missing_entrypoints_callback=missing.extend,
+        on_load_failure_callback=lambda _manager, ep, exc: failed.setdefault(ep.name, exc))
+    for name in names:
+        if name in failed:
+            exc = failed[name]
+            raise PluginError(f"Plugin {name!r} failed to import: {type(exc).__name__}: {exc}") from exc
+        if name in missing:
+            listing = ", ".join(sorted(installed_plugins())) or "none"
+            raise PluginError(
+                f"Unknown plugin {name!r}. Installed plugins: {listing}. Install it (for example "
+                f"`pip install mrq-{name}`) or give the dotted path of a module (`mypackage.myplugin`).")
+    return {ext.name: ext.plugin for ext in manager.extensions}
 
 
 class PluginManager:
@@ -71,27 +124,23 @@ class PluginManager:
         return self.pm.hook
 
     def enable(self, names: Iterable[str]) -> None:
-        """Load and register plugins by name; raise :class:`PluginError` naming an unknown one."""
-        installed: dict[str, Any] | None = None
+        """Load and register plugins by name; raise :class:`PluginError` naming an unknown one.
+
+        Installed plugins are imported by stevedore (only the ones named), dotted paths with importlib.
+        """
+        wanted: list[str] = []
         for name in names:
-            if name in self.enabled:
-                continue
-            if "." in name or ":" in name:
-                plugin = self._import_path(name)
+            if name not in self.enabled and name not in wanted:
+                wanted.append(name)
+        by_entry_point = [n for n in wanted if "." not in n and ":" not in n]
+        loaded = _load(by_entry_point) if by_entry_point else {}
+        versions = _versions() if by_entry_point else {}
+        for name in wanted:
+            if name in loaded:
+                self._versions[name] = versions.get(name, "")
+                plugin = loaded[name]
             else:
-                if installed is None:
-                    installed = installed_plugins()
-                if name not in installed:
-                    listing = ", ".join(sorted(installed)) or "none"
-                    raise PluginError(
-                        f"Unknown plugin {name!r}. Installed plugins: {listing}. Install it (for example "
-                        f"`pip install mrq-{name}`) or give the dotted path of a module (`mypackage.myplugin`)."
-                    )
-                try:
-                    plugin = installed[name].load()
-                except Exception as exc:
-                    raise PluginError(f"Plugin {name!r} failed to import: {type(exc).__name__}: {exc}") from exc
-                self._versions[name] = _version_of(installed[name])
+                plugin = self._import_path(name)
             self.register(plugin, name, check=False)
         # Checked once all are registered: a plugin may implement a hook declared (mrq_add_hookspecs)
         # by a plugin enabled after it.
@@ -129,7 +178,13 @@ class PluginManager:
         except ImportError as exc:
             raise PluginError(f"Plugin {path!r} could not be imported: {exc}. Check the dotted path and "
                               "that its package is on the Python path.") from exc
-        return getattr(obj, attr) if attr else obj
+        if not attr:
+            return obj
+        try:
+            return getattr(obj, attr)
+        except AttributeError:
+            raise PluginError(f"Plugin {path!r}: module {module_name!r} has no attribute {attr!r}. Check the "
+                              "name after the ':' (module:object).") from None
 
     def plugin_options(self) -> list[Any]:
         """Options added by the enabled plugins (``mrq_add_options``)."""
@@ -148,8 +203,9 @@ class PluginManager:
     def describe(self) -> list[dict[str, Any]]:
         """One entry per installed or enabled plugin: name, version, enabled, hooks."""
         rows: dict[str, dict[str, Any]] = {}
+        versions = _versions()
         for name, ep in installed_plugins().items():
-            rows[name] = {"name": name, "version": _version_of(ep), "enabled": False, "hooks": [],
+            rows[name] = {"name": name, "version": versions.get(name, ""), "enabled": False, "hooks": [],
                           "source": ep.value}
         for name in self.enabled:
             plugin = self.pm.get_plugin(name)

@@ -38,6 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 __all__ = [
     "STANDARD_PORTS",
     "MongoServer",
+    "RedisClusterServers",
     "RedisServer",
     "ServerError",
     "ServerNotAvailable",
@@ -344,7 +345,9 @@ class RedisServer(_ServerProcess):
     """A ``redis-server`` subprocess on 127.0.0.1.
 
     Without ``persistent`` nothing is ever written to disk (``--save "" --appendonly no``); with it,
-    the append-only file in ``data_dir`` keeps the data across :meth:`restart`.
+    the append-only file in ``data_dir`` keeps the data across :meth:`restart`. With ``cluster`` it is a
+    Redis Cluster node (``--cluster-enabled yes``; its ``nodes.conf`` in ``data_dir`` keeps its identity
+    across :meth:`restart`): see :class:`RedisClusterServers`.
     """
 
     kind = "redis"
@@ -356,9 +359,13 @@ class RedisServer(_ServerProcess):
         port: int | None = None,
         data_dir: str | Path | None = None,
         persistent: bool = False,
+        cluster: bool = False,
     ) -> None:
         super().__init__(port=port, data_dir=data_dir)
         self.persistent = persistent
+        self.cluster = cluster
+        #: A cluster node unreachable that long is failing (its replica takes over).
+        self.cluster_node_timeout_ms = 5000
 
     @property
     def url(self) -> str:
@@ -373,6 +380,9 @@ class RedisServer(_ServerProcess):
             "--save", "",
             "--appendonly", "yes" if self.persistent else "no",
             "--dir", str(self.data_dir),
+            *(["--cluster-enabled", "yes", "--cluster-config-file", str(self.data_dir / "nodes.conf"),
+                "--cluster-node-timeout", str(self.cluster_node_timeout_ms), "--repl-diskless-sync-delay", "0"]
+              if self.cluster else []),
         ]  # fmt: skip
 
     def ping(self) -> bool:
@@ -383,6 +393,120 @@ class RedisServer(_ServerProcess):
                 return sock.recv(64).startswith(b"+PONG")
         except OSError:
             return False
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is valid and free too."""
+    while True:
+        port = free_port()
+        if port + 10000 <= 65535 and not _port_in_use(port + 10000):
+            return port
+
+
+class RedisClusterServers:
+    """Redis Cluster nodes on 127.0.0.1 made into one cluster: ``primaries`` nodes share the slots evenly, each
+    with ``replicas`` replica nodes, which take over a primary unreachable for ``node_timeout`` seconds.
+
+    :meth:`start` starts the nodes and, the first time, joins them (``redis-cli --cluster create``, or the
+    same by hand without redis-cli), then waits until every node says ``cluster_state:ok``. ``uri`` is the
+    ``redis+cluster://`` URI of the nodes. A stopped node can be started again: it keeps its place.
+    """
+
+    def __init__(self, primaries: int = 3, replicas: int = 0, persistent: bool = False,
+                 node_timeout: float = 5.0) -> None:
+        self.primaries, self.replicas = primaries, replicas
+        self.nodes = [RedisServer(port=_cluster_port(), persistent=persistent, cluster=True)
+                      for _ in range(primaries * (1 + replicas))]
+        for node in self.nodes:
+            node.cluster_node_timeout_ms = int(node_timeout * 1000)
+        self._created = False
+
+    @property
+    def uri(self) -> str:
+        return "redis+cluster://" + ",".join(f"{HOST}:{node.port}" for node in self.nodes)
+
+    def node(self, port: int) -> RedisServer:
+        """The node listening on ``port``."""
+        return next(node for node in self.nodes if node.port == port)
+
+    def start(self, timeout: float = 30) -> RedisClusterServers:
+        for node in self.nodes:
+            node.start()
+        if not self._created:
+            self._create(timeout)
+            self._created = True
+        self.wait_ok(timeout)
+        return self
+
+    def _create(self, timeout: float) -> None:
+        import redis  # imported lazily: keeps importing this module cheap
+
+        cli = shutil.which("redis-cli")
+        if cli:
+            subprocess.run([cli, "--cluster", "create", *(f"{HOST}:{n.port}" for n in self.nodes),
+                            "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                           check=True, capture_output=True, timeout=60)
+            return
+        clients = [redis.Redis(host=HOST, port=n.port, socket_timeout=10) for n in self.nodes]
+        try:
+            per = 16384 // self.primaries
+            for i, client in enumerate(clients[:self.primaries]):
+                end = 16384 if i == self.primaries - 1 else (i + 1) * per
+                client.execute_command("CLUSTER ADDSLOTSRANGE", i * per, end - 1)
+            for client in clients[1:]:
+                client.execute_command("CLUSTER MEET", HOST, self.nodes[0].port)
+            deadline = time.monotonic() + timeout
+            for i, client in enumerate(clients[self.primaries:]):
+                primary = clients[i % self.primaries].execute_command("CLUSTER MYID")
+                while True:  # a node replicates only a primary it has heard of
+                    try:
+                        client.execute_command("CLUSTER REPLICATE", primary)
+                        break
+                    except redis.ResponseError:
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.1)
+        finally:
+            for client in clients:
+                client.close()
+
+    def wait_ok(self, timeout: float = 30) -> None:
+        """Wait until every node says ``cluster_state:ok``."""
+        import redis
+
+        deadline = time.monotonic() + timeout
+        states: list[str] = []
+        while time.monotonic() < deadline:
+            states = []
+            for node in self.nodes:
+                client = redis.Redis(host=HOST, port=node.port, socket_timeout=5)
+                try:
+                    states.append(client.cluster("info")["cluster_state"])
+                except redis.RedisError as exc:
+                    states.append(repr(exc))
+                finally:
+                    client.close()
+            if all(state == "ok" for state in states):
+                return
+            time.sleep(0.1)
+        raise ServerError(f"Redis Cluster on ports {[n.port for n in self.nodes]} not ok after {timeout:g} s: "
+                          f"{states}. Node logs are in {[str(n.log_path) for n in self.nodes]}.")
+
+    def flushall(self) -> None:
+        """Empty every node."""
+        import redis
+
+        for node in self.nodes:
+            client = redis.Redis(host=HOST, port=node.port, socket_timeout=10)
+            try:
+                client.flushall()
+            finally:
+                client.close()
+
+    def cleanup(self) -> None:
+        """Stop every node and delete their data."""
+        for node in self.nodes:
+            node.cleanup()
 
 
 class MongoServer(_ServerProcess):

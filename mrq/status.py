@@ -9,7 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "QUEUED", "STARTED", "SUCCESS", "FAILED", "RETRY", "MAXRETRIES", "CANCEL",
-    "ABORT", "INTERRUPT", "TIMEOUT", "MAXCONCURRENCY",
+    "ABORT", "INTERRUPT", "TIMEOUT", "MAXCONCURRENCY", "MAXWORKERDEATHS",
     "ALL_STATUSES", "FINAL_STATUSES", "RUNNABLE_STATUSES", "allowed_from",
 ]
 
@@ -24,12 +24,14 @@ ABORT = "abort"
 INTERRUPT = "interrupt"
 TIMEOUT = "timeout"
 MAXCONCURRENCY = "maxconcurrency"
+#: The job was running when its worker died ``--max_worker_deaths`` times: a poison job, never run again by itself.
+MAXWORKERDEATHS = "maxworkerdeaths"
 
 ALL_STATUSES = frozenset({QUEUED, STARTED, SUCCESS, FAILED, RETRY, MAXRETRIES, CANCEL, ABORT,
-                          INTERRUPT, TIMEOUT, MAXCONCURRENCY})
+                          INTERRUPT, TIMEOUT, MAXCONCURRENCY, MAXWORKERDEATHS})
 
 #: A job in one of these states has finished its life; only an explicit requeue revives it.
-FINAL_STATUSES = frozenset({SUCCESS, FAILED, MAXRETRIES, CANCEL, ABORT, TIMEOUT, MAXCONCURRENCY})
+FINAL_STATUSES = frozenset({SUCCESS, FAILED, MAXRETRIES, CANCEL, ABORT, TIMEOUT, MAXCONCURRENCY, MAXWORKERDEATHS})
 
 #: A worker may run a job whose document is in one of these states. ``retry`` and
 #: ``interrupt`` jobs are back in Redis; ``started`` covers a job requeued after

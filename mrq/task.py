@@ -34,7 +34,7 @@ class Task:
     Class attributes set per-task defaults (a ``TASKS`` entry overrides them):
     ``queue``, ``timeout``, ``max_retries``, ``retry_delay``, ``retry_backoff``,
     ``retry_on`` (exception classes that trigger an automatic retry),
-    ``max_concurrency``, ``result_ttl``.
+    ``max_concurrency`` (with ``on_max_concurrency``: ``"wait"``, the default, or ``"fail"``), ``result_ttl``.
     """
 
     is_main_task = False
@@ -101,6 +101,7 @@ class TaskSettings:
     retry_max_delay: float
     retry_on: tuple[type[BaseException], ...]
     max_concurrency: int
+    on_max_concurrency: str
     result_ttl: float
     abort_ttl: float
     cancel_ttl: float
@@ -121,14 +122,25 @@ def _exception_class(value: Any, path: str) -> type[BaseException]:
     raise ConfigError(f"retry_on of task {path!r}: {value!r} is not an exception class or its dotted path.")
 
 
+def _on_max_concurrency(value: Any, path: str) -> str:
+    if value not in ("wait", "fail"):
+        raise ConfigError(f"on_max_concurrency of task {path!r} is {value!r}: use 'wait' (the job waits for a "
+                          "free slot, the default) or 'fail' (it ends as 'maxconcurrency', as in the original MRQ).")
+    return str(value)
+
+
 def task_settings(path: str, config: dict[str, Any], load: bool = True) -> TaskSettings:
-    """Merge ``TASKS[path]``, the task class attributes and the defaults of ``config``."""
+    """Merge ``TASKS[path]``, the task class attributes and the defaults of ``config``.
+
+    :param load: import the task to read its class attributes. A task that does not import here (a web app
+        enqueuing tasks of another code base) gets the ``TASKS`` entry and the defaults.
+    """
     entry = (config.get("tasks") or {}).get(path, {})
     cls: type | None = None
     if load:
         try:
             cls = _resolve(path)[0]
-        except TaskNotFound:
+        except Exception:  # noqa: BLE001 - not importable here (or broken): the worker reports it when it runs
             cls = None
 
     def pick(key: str, default_key: str | None, fallback: Any = None) -> Any:
@@ -150,6 +162,7 @@ def task_settings(path: str, config: dict[str, Any], load: bool = True) -> TaskS
         retry_max_delay=float(pick("retry_max_delay", "default_job_retry_max_delay", 3600)),
         retry_on=tuple(_exception_class(e, path) for e in retry_on),
         max_concurrency=int(pick("max_concurrency", None, 0) or 0),
+        on_max_concurrency=_on_max_concurrency(pick("on_max_concurrency", None, "wait"), path),
         result_ttl=float(pick("result_ttl", "default_job_result_ttl", 7 * 86400)),
         abort_ttl=float(pick("abort_ttl", "default_job_abort_ttl", 86400)),
         cancel_ttl=float(pick("cancel_ttl", "default_job_cancel_ttl", 86400)),

@@ -14,6 +14,11 @@ Servers
     and data dir, which the test may ``stop()``, ``kill()``, ``start()`` and ``restart()``. The Redis
     one is persistent (append-only file), so its data survives ``restart()``.
 
+    ``mrq_redis_cluster`` (session): a 3-node Redis Cluster (:class:`mrq.servers.RedisClusterServers`);
+    the test is skipped if this machine's redis-server cannot run in cluster mode.
+    ``mrq_cluster_urls`` (function): like ``mrq_urls``, with ``redis`` the cluster's
+    ``redis+cluster://`` URI (every node flushed before the test).
+
 This module must stay cheap to import and must not import gevent: pytest loads it in every session.
 """
 
@@ -31,7 +36,14 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import pytest
 
-from mrq.servers import MongoServer, RedisServer, ServerNotAvailable, mongodb_uri_with_database
+from mrq.servers import (
+    MongoServer,
+    RedisClusterServers,
+    RedisServer,
+    ServerError,
+    ServerNotAvailable,
+    mongodb_uri_with_database,
+)
 
 if TYPE_CHECKING:
     import pymongo
@@ -44,6 +56,8 @@ __all__ = [
     "mrq_mongodb_server",
     "mrq_redis_server",
     "mrq_urls",
+    "mrq_redis_cluster",
+    "mrq_cluster_urls",
     "redis_restartable",
     "mrq_config",
     "mrq_worker",
@@ -257,6 +271,38 @@ def redis_restartable() -> Iterator[RedisServer]:
 def mongodb_restartable() -> Iterator[MongoServer]:
     """A MongoDB server of this test's own, which the test may stop, kill and restart."""
     yield from _serve(MongoServer())
+
+
+@pytest.fixture(scope="session")
+def mrq_redis_cluster() -> Iterator[RedisClusterServers]:
+    """A 3-node Redis Cluster for the session (no replicas; skips the test if redis-server cannot do it)."""
+    _handle_sigterm()
+    cluster = RedisClusterServers()
+    try:
+        cluster.start()
+    except ServerNotAvailable as exc:
+        cluster.cleanup()
+        pytest.fail(str(exc), pytrace=False)
+    except ServerError as exc:
+        cluster.cleanup()
+        if "cluster" in str(exc).lower() and ("unrecognized" in str(exc).lower() or "support" in str(exc).lower()):
+            pytest.skip(f"this redis-server cannot run in cluster mode (--cluster-enabled yes): {exc}")
+        raise
+    except BaseException:
+        cluster.cleanup()
+        raise
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture
+def mrq_cluster_urls(mrq_redis_cluster: RedisClusterServers, mrq_urls: ServerURLs) -> ServerURLs:
+    """Server URLs for one test on the session's Redis Cluster (flushed) and a fresh MongoDB database."""
+    mrq_redis_cluster.wait_ok()  # a previous test may have restarted a node
+    mrq_redis_cluster.flushall()
+    return ServerURLs(redis=mrq_redis_cluster.uri, mongodb=mrq_urls.mongodb)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -35,20 +35,23 @@ from bson import ObjectId
 
 from mrq import context
 from mrq import status as st
+from mrq.broker import RawPopped
 from mrq.config import Config
 from mrq.connections import ROUNDTRIPS
 from mrq.exceptions import CancelInterrupt, JobInterrupt, MaxConcurrencyInterrupt, StopRequested
 from mrq.history import History
 from mrq.indexes import ensure_indexes
-from mrq.job import JOBS, Job, Outcome, utcnow
+from mrq.job import JOBS, Job, Outcome, RawJob, utcnow
 from mrq.logger import JobLogHandler
+from mrq.raw import raw_settings
+from mrq.recovery import WORKER_DIED, death_entry, requeue_inflight
 from mrq.task import TaskSettings, task_settings
 from mrq.writer import StatusWriter
 
 __all__ = ["Worker", "WORKERS"]
 
 WORKERS = "mrq_workers"
-_FETCH_FIELDS = ["path", "params", "queue", "status", "retry_count", "datequeued"]
+_FETCH_FIELDS = ["path", "params", "queue", "status", "retry_count", "datequeued", "worker_deaths"]
 
 
 class Worker:
@@ -71,11 +74,18 @@ class Worker:
         self._started_at = time.monotonic()
         self._graceful = False
         self._stopping = False
+        self.stop_reason: str | None = None
+        self._memory_kill = False
+        self._epoch: str | None = None  # MRQ's marker key in Redis: it changes when Redis lost its data
+        #: job id -> (queue, raw payload, score) of the jobs dequeued and not yet known to be acknowledged
+        self._held: dict[str, tuple[str, str | None, float | None]] = {}
         self._main: gevent.Greenlet | None = None
         self._services: list[gevent.Greenlet] = []
         self._settings: dict[str, TaskSettings] = {}
         self._rotation = 0
         self._popped: set[str] = set()
+        self._pushback = {name: rs.pushback_seconds for name, rs in (config.get("raw_queues") or {}).items()
+                          if rs.pushback_seconds}
         self.plugins = config.plugin_manager  # type: ignore[attr-defined]
         self.broker = context.get_broker()
         self.db = context.connections.mongodb_jobs
@@ -111,11 +121,15 @@ class Worker:
         except Exception as exc:
             self.log.error("Worker could not start: %s: %s", type(exc).__name__, exc)
             return 1
-        self._spawn_service("writer", self.writer.run)
-        self._spawn_service("heartbeat", self._heartbeat_loop)
-        self._spawn_service("report", self._report_loop)
+        # The kernel's services, each in its own greenlet so that none waits on another: the heartbeat talks to
+        # Redis only (a slow MongoDB must never make a live worker look dead), logs and reports to MongoDB.
+        self._spawn_service("writer", self.writer.run, critical=True)
+        self._spawn_service("heartbeat", self._heartbeat_loop, critical=True)
+        self._spawn_service("logs", self._logs_loop, critical=True)
+        self._spawn_service("report", self._report_loop, critical=True)
+        self._spawn_service("watch", self._watch_loop, critical=True)
         if any(q.endswith("/") for q in self.queues):
-            self._spawn_service("subqueues", self._subqueues_loop)
+            self._spawn_service("subqueues", self._subqueues_loop, critical=True)
         for funcs in self.plugins.hook.mrq_worker_services(worker=self):
             for func in funcs or []:
                 self._spawn_service(getattr(func, "__name__", "service"), func, restart=True)
@@ -127,11 +141,20 @@ class Worker:
         if self._main.exception is not None:
             self.log.error("Worker loop crashed: %r", self._main.exception)
             self.exitcode = 1
+            self.stop_reason = self.stop_reason or "error"
+        try:
+            self.plugins.hook.mrq_worker_stopping(worker=self, reason=self.stop_reason or "signal")
+        except Exception:
+            self.log.exception("A plugin failed in mrq_worker_stopping")
         self._stop()
         return self.exitcode
 
-    def stop(self, graceful: bool = True) -> None:
-        """Stop dequeuing; ``graceful=False`` also interrupts the running jobs (they are requeued)."""
+    def stop(self, graceful: bool = True, reason: str = "signal") -> None:
+        """Stop dequeuing; ``graceful=False`` also interrupts the running jobs (they are requeued).
+
+        :param reason: passed to ``mrq_worker_stopping`` (the first reason given wins).
+        """
+        self.stop_reason = self.stop_reason or reason
         if not self._graceful:
             self._graceful = True
             self.log.info("Stopping: no new jobs; waiting for %d running job(s)", len(self.jobs))
@@ -186,7 +209,7 @@ class Worker:
         try:
             mine = self.broker.inflight(str(self.id))
             if mine:
-                ids = self.broker.requeue_inflight(mine, str(self.id))
+                ids = requeue_inflight(mine, str(self.id))
                 self.log.warning("Requeued %d job(s) dequeued but not run", len(ids))
         except Exception:
             self.log.exception("Could not requeue leftover in-flight jobs (the cleaning plugin will)")
@@ -199,13 +222,17 @@ class Worker:
             cutoff = time.time() - older_than
             orphans = [r for r in self.broker.inflight(str(self.id)) if r.job_id not in known and r.since < cutoff]
             if orphans:
-                ids = self.broker.requeue_inflight(orphans, str(self.id))
+                ids = requeue_inflight(orphans, str(self.id))
                 self.counters["orphans_requeued"] += len(ids)
                 self.log.warning("Requeued %d job(s) dequeued by this worker but never run: %s", len(ids), ids)
         except Exception as exc:  # noqa: BLE001
             self.log.warning("Orphan check failed: %s: %s", type(exc).__name__, exc)
 
-    def _spawn_service(self, name: str, func: Callable[[], Any], restart: bool = False) -> None:
+    def _spawn_service(self, name: str, func: Callable[[], Any], restart: bool = False,
+                       critical: bool = False) -> None:
+        """Run ``func`` in a greenlet until the worker stops. A plugin's service (``restart``) that raises is
+        logged and restarted after 5 s; a kernel service (``critical``) that dies stops the worker: it stops
+        dequeuing, lets its jobs end, and exits with code 1, saying why (never a worker going on half-alive)."""
         def run() -> None:
             while True:
                 try:
@@ -214,9 +241,14 @@ class Worker:
                 except gevent.GreenletExit:
                     raise
                 except Exception:
-                    self.log.exception("Service %s failed", name)
+                    if critical:
+                        self.log.critical("Service %s died; stopping the worker (exit code 1)", name, exc_info=True)
+                        self.exitcode = 1
+                        self.stop(graceful=True, reason="service")
+                        return
+                    self.log.exception("Service %s failed%s", name, "; restarting in 5 s" if restart else "")
                     if not restart:
-                        raise
+                        return
                     gevent.sleep(5)
 
         self._services.append(gevent.spawn(run))
@@ -229,12 +261,14 @@ class Worker:
         while not self._graceful:
             if max_time and time.monotonic() - self._started_at > max_time:
                 self.log.info("--max_time %s reached", max_time)
+                self.stop_reason = "max_time"
                 break
             free = self._wait_for_slots()
             if max_jobs:
                 free = min(free, max_jobs - self.counters["dequeued"])
                 if free <= 0:
                     self.log.info("--max_jobs %d reached", max_jobs)
+                    self.stop_reason = "max_jobs"
                     break
             self.status = "spawn"
             try:
@@ -249,19 +283,24 @@ class Worker:
                 continue
             if strategy == "burst":
                 if self.pool.free_count() == self.greenlets and not len(self.writer):
+                    self.stop_reason = "burst"
                     break
                 self.status = "wait"
                 self.broker.wait(self.active_queues, 0.1)  # running jobs may queue more
                 continue
             self.status = "wait"
             try:
-                self.broker.wait(self.active_queues, max_latency)
+                woken_by = self.broker.wait(self.active_queues, max_latency)
+                if woken_by and woken_by.endswith("/"):
+                    self._refresh_subqueues()  # a push to a subqueue: maybe one this worker does not know yet
             except Exception as exc:  # noqa: BLE001
                 self.log.warning("Waiting for jobs failed (%s: %s); retrying in 1 s", type(exc).__name__, exc)
                 gevent.sleep(1)
 
     def _wait_for_slots(self) -> int:
-        self.writer.wait_for_room(max(500, 10 * self.greenlets))
+        # Statuses waiting to be stored are jobs a SIGKILL would run again: keep the backlog small (MongoDB's
+        # cost is per document, so bigger batches would not write faster).
+        self.writer.wait_for_room(max(100, 2 * self.greenlets))
         if self.pool.free_count() == 0:
             self.status = "full"
             self.pool.wait_available()
@@ -279,14 +318,41 @@ class Worker:
             self._rotation = (self._rotation + 1) % len(queues)
             queues = queues[self._rotation:] + queues[:self._rotation]
             per_queue = max(1, -(-count // len(queues)))
-        popped = self.broker.dequeue(str(self.id), queues, count, per_queue)
-        if not popped:
+        popped, raw = self.broker.dequeue_all(str(self.id), queues, count, per_queue, self._pushback)
+        if not popped and not raw:
             return 0
-        self.counters["dequeued"] += len(popped)
+        self.counters["dequeued"] += len(popped) + len(raw)
+        for queue, sid in popped:
+            self._held[sid] = (queue, None, None)
+        for item in raw:
+            self._held[item.job_id] = (item.queue, item.payload, item.score)
+        jobs = self._regular_jobs(popped) if popped else []
+        if raw:
+            jobs += self._raw_jobs(raw)
+        if jobs:
+            try:
+                self.plugins.hook.mrq_jobs_dequeued(worker=self, jobs=jobs)
+            except Exception:
+                self.log.exception("A plugin failed in mrq_jobs_dequeued; the jobs run anyway")
+        now = utcnow()
+        for job in jobs:
+            assert job.id is not None
+            settings = self._settings_of(job.path)
+            job.settings = settings
+            if settings.max_concurrency and not self._acquire(job, settings):
+                continue
+            if job.raw is None or job.raw.stores(st.STARTED):
+                self.writer.started(job.id, {"status": st.STARTED, "datestarted": now, "dateupdated": now,
+                                             "worker": self.id}, insert=job.raw.insert(job) if job.raw else None)
+            self.jobs[job.id] = job
+            self.pool.spawn(self._perform, job, settings)
+        self._popped = set()
+        return len(popped) + len(raw)
+
+    def _regular_jobs(self, popped: list[tuple[str, str]]) -> list[Job]:
         self._popped = {i for _, i in popped}  # not orphans, while their documents are fetched
         docs = self._fetch([ObjectId(i) for _, i in popped])
         jobs: list[Job] = []
-        now = utcnow()
         for queue, sid in popped:
             oid = ObjectId(sid)
             doc = docs.get(oid)
@@ -303,32 +369,57 @@ class Worker:
                 self.counters["pushed_back"] += 1  # whitelist/blacklist: no status change
                 self.writer.acknowledge(sid, push_back_to=queue)
                 continue
-            job = Job(oid, doc)
-            jobs.append(job)
-        if jobs:
+            jobs.append(Job(oid, doc))
+        return jobs
+
+    def _raw_jobs(self, popped: list[RawPopped]) -> list[Job]:
+        """Raw payloads become jobs through their queue's job_factory; nothing is read from MongoDB."""
+        jobs: list[Job] = []
+        now = utcnow()
+        for item in popped:
+            settings = raw_settings(item.queue, self.config)
+            assert settings is not None  # checked at start for every raw queue of the worker
+            raw = RawJob(item.queue, item.payload, settings, item.score)
             try:
-                self.plugins.hook.mrq_jobs_dequeued(worker=self, jobs=jobs)
-            except Exception:
-                self.log.exception("A plugin failed in mrq_jobs_dequeued; the jobs run anyway")
-        for job in jobs:
-            assert job.id is not None
-            settings = self._settings_of(job.path)
-            job.settings = settings
-            if settings.max_concurrency and not self.broker.acquire(
-                    job.path, str(job.id), settings.max_concurrency, settings.timeout + 30):
-                job.exception = MaxConcurrencyInterrupt(f"max_concurrency={settings.max_concurrency} reached")
-                job.traceback = repr(job.exception)
-                outcome = job._complete(Outcome(st.MAXCONCURRENCY))
-                outcome.release = None
-                self.writer.finished(job.id, outcome)
-                self.counters[st.MAXCONCURRENCY] += 1
+                spec = settings.job_factory(item.payload)
+                path, params = spec["path"], dict(spec.get("params") or {})
+            except Exception as exc:  # noqa: BLE001 - the job fails, with the factory's traceback
+                raw.error = exc
+                path, params = f"{item.queue.split('/', 1)[0]}.job_factory", {"payload": item.payload}
+            if raw.error is None and not self._allowed(path):
+                self.counters["pushed_back"] += 1
+                self.writer.finished(ObjectId(item.job_id), Outcome(st.QUEUED, raw_push=raw.push_back()), store=False)
                 continue
-            self.writer.started(job.id, {"status": st.STARTED, "datestarted": now, "dateupdated": now,
-                                         "worker": self.id})
-            self.jobs[job.id] = job
-            self.pool.spawn(self._perform, job, settings)
-        self._popped = set()
-        return len(popped)
+            data = {"path": path, "params": params, "queue": settings.retry_queue, "raw_queue": item.queue,
+                    "status": st.STARTED, "retry_count": 0, "datequeued": now}
+            job = Job(ObjectId(item.job_id), data)
+            job.raw = raw
+            jobs.append(job)
+        return jobs
+
+    def _acquire(self, job: Job, settings: TaskSettings) -> bool:
+        """Take a slot of the task's ``max_concurrency``. When they are all taken, by default the job waits: a
+        regular job goes back to its queue's delayed set and the task's waiting list in one atomic step (no
+        MongoDB write, not a retry; a finishing job of the task wakes it), a raw job goes back to its raw queue.
+        With ``on_max_concurrency = "fail"`` it ends as ``maxconcurrency``, as in the original MRQ."""
+        assert job.id is not None
+        wait = settings.on_max_concurrency == "wait"
+        defer_to = job.queue if wait and job.raw is None else None
+        if self.broker.acquire(job.path, str(job.id), settings.max_concurrency, settings.timeout + 30,
+                               defer_to=defer_to):
+            return True
+        if wait:
+            self.counters["deferred"] += 1
+            if job.raw is not None:
+                self.writer.finished(job.id, Outcome(st.QUEUED, raw_push=job.raw.push_back(delay=1.0)), store=False)
+            return False
+        job.exception = MaxConcurrencyInterrupt(f"max_concurrency={settings.max_concurrency} reached")
+        job.traceback = repr(job.exception)
+        outcome = job._complete(Outcome(st.MAXCONCURRENCY))
+        outcome.release = None
+        self._finish(job, outcome)
+        self.counters[st.MAXCONCURRENCY] += 1
+        return False
 
     def _allowed(self, path: str) -> bool:
         whitelist, blacklist = self.config.get("task_whitelist"), self.config.get("task_blacklist")
@@ -352,18 +443,57 @@ class Worker:
     def _perform(self, job: Job, settings: TaskSettings) -> None:
         assert job.id is not None
         try:
-            outcome = job.perform(settings, worker=self)
+            if job.raw is not None and job.raw.error is not None:
+                outcome = job.fail_with(job.raw.error)
+            else:
+                outcome = job.perform(settings, worker=self)
             try:
                 self.plugins.hook.mrq_job_finished(worker=self, job=job, status=outcome.status)
             except Exception:
                 self.log.exception("A plugin failed in mrq_job_finished for job %s", job.id)
-            self.writer.finished(job.id, outcome)
+            self._finish(job, outcome)
             self.counters["done"] += 1
             self.counters[outcome.status] += 1
         finally:
             self.jobs.pop(job.id, None)
         if outcome.status == st.FAILED and not self.config.get("quiet"):
             self.log.error("Job %s %s failed:\n%s", job.id, job.path, job.traceback)
+
+    def _finish(self, job: Job, outcome: Outcome) -> None:
+        """Hand a job's end to the status writer. A raw job's status is stored unless its queue's
+        ``statuses_no_storage`` names it (and always once one of its statuses was stored); an interrupted raw job
+        that stores nothing goes back into its raw queue."""
+        assert job.id is not None
+        if self._memory_kill and outcome.status == st.INTERRUPT:
+            outcome = self._count_death(job)
+        raw = job.raw
+        if raw is None:
+            self.writer.finished(job.id, outcome)
+            return
+        store = raw.stores(outcome.status)
+        if not store and outcome.requeue:
+            outcome.requeue, outcome.raw_push = None, raw.push_back()
+        self.writer.finished(job.id, outcome, insert=raw.insert(job) if store else None, store=store)
+
+    def _count_death(self, job: Job) -> Outcome:
+        """An interrupt for --max_memory counts as a worker death (see :mod:`mrq.recovery`)."""
+        deaths = int((job.data or {}).get("worker_deaths") or 0) + 1
+        limit = int(self.config.get("max_worker_deaths") or 0)
+        entry = death_entry(self.id, f"Interrupted: the worker's memory ({self.memory_mb()} MB) stayed above "
+                                     f"--max_memory {self.config.get('max_memory')} MB while this job ran.", utcnow())
+        if limit and deaths >= limit:
+            job.traceback = (f"This job was running when its worker died or blew its --max_memory {deaths} times "
+                             "(--max_worker_deaths): it is probably the cause. It will not run again by itself: fix "
+                             "it, then requeue it. The deaths are in traceback_history.")
+            outcome = job._complete(Outcome(st.MAXWORKERDEATHS))
+            outcome.set["exceptiontype"] = WORKER_DIED
+            self.log.error("Job %s %s: %d worker deaths: %s, not requeued", job.id, job.path, deaths,
+                           st.MAXWORKERDEATHS)
+        else:
+            outcome = job._complete(Outcome(st.INTERRUPT, requeue=job.queue))
+        outcome.set["worker_deaths"] = deaths
+        outcome.push_history = entry
+        return outcome
 
     def _on_written(self, written: list[tuple[ObjectId, str, dict[str, Any]]]) -> None:
         hook = self.plugins.hook.mrq_job_status_changed
@@ -395,15 +525,43 @@ class Worker:
                 self.log.warning("Subqueue refresh failed: %s", exc)
 
     def _heartbeat_loop(self) -> None:
+        """Redis only: the heartbeat must never wait on MongoDB (or its TTL could pass while the worker lives)."""
         interval, ttl = float(self.config["heartbeat_interval"]), float(self.config["heartbeat_ttl"])
         while True:
             try:
-                for sid in self.broker.heartbeat(str(self.id), ttl, self.status):
+                kills, data_lost, epoch = self.broker.beat(str(self.id), ttl, self.status)
+                for sid in kills:
                     self._kill_job(ObjectId(sid))
+                if self._epoch is not None and epoch != self._epoch:
+                    # Before a rebuild can requeue what this worker holds; in a greenlet of its own, as it waits
+                    # for the status writer's lock (a write in progress), and the heartbeat waits on Redis only.
+                    gevent.spawn(self._record_inflight_again)
+                self._epoch = epoch
+                if data_lost:  # in a greenlet of its own: never delays the next heartbeat
+                    gevent.spawn(self._on_redis_data_lost)
             except Exception as exc:  # noqa: BLE001 - Redis down: keep trying
                 self.log.warning("Heartbeat failed: %s: %s", type(exc).__name__, exc)
-            self._flush_logs()
             gevent.sleep(interval)
+
+    def _record_inflight_again(self) -> None:
+        """Redis lost its data, in-flight records included: write again those of the jobs this worker runs or has
+        not acknowledged, so that the rebuild of the queues does not run them a second time elsewhere."""
+        held = {str(i) for i in self.jobs} | self.writer.tracked_ids() | self._popped
+        entries = [(i, *self._held[i]) for i in held if i in self._held]
+        try:
+            self.broker.record_inflight(str(self.id), entries)
+            self.log.warning("Redis lost its data: %d in-flight record(s) of this worker written again", len(entries))
+        except Exception as exc:  # noqa: BLE001 - Redis down again: the cleaning plugin's checks still apply
+            self.log.warning("Could not write in-flight records again: %s: %s", type(exc).__name__, exc)
+
+    def _on_redis_data_lost(self) -> None:
+        self.log.warning("MRQ's marker key is missing from Redis: its data was lost (or this is the first worker "
+                         "on it); calling mrq_redis_data_lost")
+        self.counters["redis_data_lost"] += 1
+        try:
+            self.plugins.hook.mrq_redis_data_lost(worker=self)
+        except Exception:
+            self.log.exception("A plugin failed in mrq_redis_data_lost")
 
     def _kill_job(self, job_id: ObjectId) -> None:
         job = self.jobs.get(job_id)
@@ -418,16 +576,41 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - kept for the next flush
             self.log.warning("Storing job logs failed: %s: %s", type(exc).__name__, exc)
 
+    def _logs_loop(self) -> None:
+        interval = float(self.config["flush_interval"])
+        while True:
+            gevent.sleep(interval)
+            self._flush_logs()
+
     def _report_loop(self) -> None:
+        interval = float(self.config["report_interval"])
+        while True:
+            self._report()
+            gevent.sleep(interval if interval > 0 else 3600)
+
+    def _watch_loop(self) -> None:
+        """Orphaned in-flight ids (Redis) and --max_memory, apart from the report so a slow MongoDB delays neither."""
         interval = float(self.config["report_interval"])
         max_memory = int(self.config.get("max_memory") or 0)
         while True:
-            self._report()
-            self._requeue_orphans()
-            if max_memory and self.memory_mb() > max_memory and not self._graceful:
-                self.log.warning("Memory %d MB above --max_memory %d MB: stopping", self.memory_mb(), max_memory)
-                self.stop(graceful=True)
             gevent.sleep(interval if interval > 0 else 3600)
+            held = {str(i) for i in self.jobs} | self.writer.tracked_ids() | self._popped
+            self._held = {i: v for i, v in self._held.items() if i in held}
+            self._requeue_orphans()
+            if not max_memory or self.memory_mb() <= max_memory:
+                continue
+            if not self._graceful:
+                self.log.warning("Memory %d MB above --max_memory %d MB: stopping (no new jobs; the running ones "
+                                 "have %.0f s to end)", self.memory_mb(), max_memory, interval)
+                self.stop(graceful=True, reason="max_memory")
+            elif self.jobs and not self._stopping:
+                # Still above the limit one interval later, with jobs running: they are the likely cause. They are
+                # interrupted and each counts a worker death, so that one that blows up memory every time ends as
+                # maxworkerdeaths instead of taking down worker after worker.
+                self.log.error("Memory %d MB still above --max_memory %d MB: interrupting %d running job(s), each "
+                               "counted as a worker death", self.memory_mb(), max_memory, len(self.jobs))
+                self._memory_kill = True
+                self.stop(graceful=False, reason="max_memory")
 
     def memory_mb(self) -> int:
         return int(self._process.memory_info().rss / 1024 / 1024)
@@ -456,7 +639,8 @@ class Worker:
             "counters": dict(self.counters) | {
                 "redis_roundtrips": ROUNDTRIPS["redis"], "mongodb_roundtrips": ROUNDTRIPS["mongodb"],
                 "statuses_written": self.writer.written, "status_writes_refused": self.writer.refused,
-                "status_write_errors": self.writer.errors},
+                "status_write_errors": self.writer.errors, "log_lines_dropped": self.log_handler.dropped,
+                "log_lines_truncated": self.log_handler.truncated},
         }
         report["history"] = self.history.sample(self.counters, report["process"]["mem"]["rss"], cpu.user + cpu.system,
                                                 self.active_queues, self.broker.sizes)  # no cost per job

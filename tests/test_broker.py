@@ -34,7 +34,33 @@ def test_dequeue_pops_in_priority_order_and_records_in_flight(broker):
     assert records["h1"].worker_id == "w1" and records["h1"].queue == "high"
     assert abs(records["h1"].since - time.time()) < 5
     assert broker.sizes(["low", "high"]) == {"low": (1, 0), "high": (0, 0)}
-    assert broker.known_queues() == ["high", "low"]
+    assert broker.known_queues() == ["low"]  # 'high' was emptied: forgotten
+
+
+def test_emptied_queues_are_forgotten_and_come_back_with_their_next_id(broker):
+    """Nothing grows forever: a queue with neither waiting nor delayed ids leaves the known set and its notify
+    list is deleted, in the dequeue that empties it; each way of putting an id back adds it again."""
+    r = broker.redis
+    for i in range(50):
+        broker.push(f"sub/{i}", [f"id{i}"])
+    broker.push("kept", ["k1", "k2"])
+    broker.push("later", ["d1"], delay=60)
+    queues = [f"sub/{i}" for i in range(50)] + ["kept", "later"]
+    assert len(broker.dequeue("w", queues, 51)) == 51
+    assert broker.known_queues() == ["kept", "later"]  # 'kept' has k2 left, 'later' a delayed id
+    assert r.exists(*[broker.key("n", f"sub/{i}") for i in range(50)]) == 0
+    assert r.exists(broker.key("n", "sub/")) == 1  # the root's wake-up list is shared: kept
+    # Back by every path that puts ids in Redis.
+    from mrq.broker import AckBatch, InFlight
+    broker.ack(AckBatch(done=["id0"], requeue=[("sub/0", "id0")]))
+    broker.requeue_inflight([InFlight("id1", "w", 0, "sub/1")], "w")
+    broker.ack(AckBatch(done=["id2"], delayed=[("sub/2", "id2", time.time() + 60)]))
+    broker.push_unique("sub/3", [("new3", 0.0, True)])
+    assert set(broker.known_queues()) >= {"sub/0", "sub/1", "sub/2", "sub/3"}
+    # A paused queue keeps its ids, so it stays known.
+    broker.pause("kept")
+    broker.dequeue("w", ["kept"], 5)
+    assert "kept" in broker.known_queues()
 
 
 def test_parallel_share(broker):
@@ -108,10 +134,12 @@ def test_semaphore(broker):
 
 def test_wait_wakes_on_push(broker):
     t0 = time.monotonic()
-    assert broker.wait(["q"], 0.2) is False
+    assert broker.wait(["q"], 0.2) is None
     assert time.monotonic() - t0 >= 0.15
     broker.push("q", ["1"])
-    assert broker.wait(["q"], 5) is True
+    assert broker.wait(["q"], 5) == "q"
+    broker.push("root/sub", ["2"])
+    assert broker.wait(["other", "root/"], 5) == "root/"  # a push to a subqueue wakes the root's workers
 
 
 def test_remove_and_empty(broker):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from mrq.connections import ROUNDTRIPS, Connections, make_mongodb, make_redis
+from mrq.connections import ROUNDTRIPS, Connections, make_mongodb, make_redis, parse_cluster_uri
 from mrq.exceptions import ConnectionsError
 
 
@@ -49,3 +51,41 @@ def test_extra_connections_from_config(mrq_urls):
     with pytest.raises(AttributeError, match="No connection named"):
         conns.redis_missing  # noqa: B018
     conns.reset()
+
+
+# ------------------------------------------------------------------------------------------ Redis Cluster URIs
+
+
+def test_cluster_uri_is_parsed():
+    spec = parse_cluster_uri("redis+cluster://:s3cr%40t@10.0.0.1:7000,10.0.0.2,[::1]:7002/?socket_timeout=2.5")
+    assert spec["nodes"] == [("10.0.0.1", 7000), ("10.0.0.2", 6379), ("::1", 7002)]
+    assert (spec["username"], spec["password"], spec["ssl"]) == (None, "s3cr@t", False)
+    assert spec["options"] == {"socket_timeout": 2.5}
+    tls = parse_cluster_uri("rediss+cluster://user:pw@h:7000?ssl_ca_certs=/ca.pem&ssl_cert_reqs=none"
+                            "&ssl_check_hostname=false")
+    assert (tls["username"], tls["password"], tls["ssl"]) == ("user", "pw", True)
+    assert tls["options"] == {"ssl_ca_certs": "/ca.pem", "ssl_cert_reqs": "none", "ssl_check_hostname": False}
+
+
+@pytest.mark.parametrize("uri, why", [
+    ("redis+cluster://h:7000/0", "only database 0, so the URI takes no path: remove '/0'"),
+    ("redis+cluster://h:7000/?db=0", "only database 0: remove the db option"),
+    ("redis+cluster://h:7000?colour=red", "unknown option colour"),
+    ("redis+cluster://h:7000?ssl_ca_certs=/ca.pem", "is for TLS: use rediss"),
+    ("redis+cluster://h:7000?socket_timeout=soon", "socket_timeout='soon' is not a valid value"),
+    ("rediss+cluster://h:7000?ssl_cert_reqs=maybe", "ssl_cert_reqs='maybe' is not a valid value"),
+    ("redis+cluster://h:port", "port 'port' of 'h:port' is not a number"),
+    ("redis+cluster://h:70000", "port 70000 of 'h:70000' is not between 1 and 65535"),
+    ("redis+cluster://h:7000,,h:7001", "a server address is empty"),
+    ("redis+cluster://", "a server address is empty"),
+])
+def test_bad_cluster_uris_say_what_is_wrong(uri, why):
+    with pytest.raises(ConnectionsError, match=re.escape(why)) as info:
+        make_redis(uri)
+    assert "redis+cluster://[[user]:password@]host:port[,host:port...]" in str(info.value)  # the expected form
+
+
+def test_a_cluster_uri_on_a_server_without_cluster_mode_says_so(mrq_urls):
+    port = mrq_urls.redis.rsplit(":", 1)[1].split("/")[0]
+    with pytest.raises(ConnectionsError, match="Cluster mode is not enabled.*cluster_state:ok"):
+        make_redis(f"redis+cluster://127.0.0.1:{port}")

@@ -70,3 +70,23 @@ def test_interrupt_helpers_and_run_task():
         context.abort_current_job()
     assert context.run_task("tests.tasks.general.Add", {"a": 2, "b": 3}) == 5
     context.set_current_job_progress(0.5)  # outside a job: ignored
+
+
+def test_set_current_job_progress(mrq_config):
+    from mrq.job import queue_job
+
+    job = Job(queue_job("tests.tasks.general.Add", {"a": 1, "b": 1})).fetch()
+    other = Job(None, {"path": "x.y"})
+
+    def run():
+        context.set_current_job(job)
+        try:
+            context.set_current_job_progress(0.25)
+            assert job.progress == 0.25 and job.fetch().data.get("progress") is None  # kept for the next report
+            context.set_current_job_progress(1.7, save=True)                          # clamped, and stored now
+            assert job.progress == 1.0 and job.fetch().data["progress"] == 1.0
+        finally:
+            context.set_current_job(None)
+
+    gevent.spawn(run).get()
+    assert other.progress is None

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from mrq.connections import make_mongodb, make_redis, parse_sentinel_uri
+from mrq.connections import ROUNDTRIPS, make_mongodb, make_redis, parse_sentinel_uri
 from mrq.exceptions import ConnectionsError
 from mrq.servers import RedisServer, ServerError, free_port
-from mrq.testing import ServerURLs, WorkerProcess
+from mrq.testing import ServerURLs, WorkerProcess, wait_until
 
 T = "tests.tasks.general."
 
@@ -128,27 +128,39 @@ def test_worker_and_client_through_sentinel(sentinel_uri: str, mrq_urls: ServerU
 # ------------------------------------------------------------------------------------------ TLS
 
 
+def _make_certificate(directory: Path) -> None:
+    """A self-signed certificate for 127.0.0.1 (cert.pem, key.pem), made with openssl."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(directory / "key.pem"), "-out", str(directory / "cert.pem")],
+                   check=True, capture_output=True, timeout=60)
+
+
 class TLSRedisServer(RedisServer):
-    """A redis-server that accepts only TLS connections (self-signed certificate made with openssl)."""
+    """A redis-server that accepts only TLS connections (a self-signed certificate in ``cert_dir``, made in its
+    data dir if not given); a cluster node talks TLS on the cluster bus too."""
 
     kind = "redis-tls"
 
+    def __init__(self, port: int | None = None, cluster: bool = False, cert_dir: Path | None = None) -> None:
+        super().__init__(port=port, cluster=cluster)
+        self.cert_dir = cert_dir or self.data_dir
+
     def _prepare(self) -> None:
         super()._prepare()
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-                        "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                        "-keyout", str(self.data_dir / "key.pem"), "-out", str(self.data_dir / "cert.pem")],
-                       check=True, capture_output=True, timeout=60)
+        if not (self.cert_dir / "cert.pem").exists():
+            _make_certificate(self.cert_dir)
 
     def command(self) -> list[str]:
         argv = super().command()
         argv[argv.index("--port") + 1] = "0"
-        return [*argv, "--tls-port", str(self.port), "--tls-cert-file", str(self.data_dir / "cert.pem"),
-                "--tls-key-file", str(self.data_dir / "key.pem"), "--tls-ca-cert-file",
-                str(self.data_dir / "cert.pem"), "--tls-auth-clients", "no"]
+        return [*argv, "--tls-port", str(self.port), "--tls-cert-file", str(self.cert_dir / "cert.pem"),
+                "--tls-key-file", str(self.cert_dir / "key.pem"), "--tls-ca-cert-file",
+                str(self.cert_dir / "cert.pem"), "--tls-auth-clients", "no",
+                *(["--tls-cluster", "yes"] if self.cluster else [])]
 
     def ping(self) -> bool:
-        return (self.data_dir / "cert.pem").exists() and _tls_ping(self.port, self.data_dir / "cert.pem")
+        return (self.cert_dir / "cert.pem").exists() and _tls_ping(self.port, self.cert_dir / "cert.pem")
 
 
 def _tls_ping(port: int, ca: Path) -> bool:
@@ -188,3 +200,50 @@ def test_rediss_against_a_tls_server() -> None:
         client.close()
     finally:
         server.cleanup()
+
+
+def test_rediss_cluster_against_a_tls_cluster(tmp_path: Path) -> None:
+    """rediss+cluster://: TLS to every node of a 3-node cluster whose nodes accept only TLS, round trips
+    counted."""
+    import redis
+
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command to make a test certificate")
+    _make_certificate(tmp_path)
+    ca = tmp_path / "cert.pem"
+    ports: list[int] = []
+    while len(ports) < 3:  # the cluster bus listens on port + 10000
+        port = free_port()
+        if port + 10000 <= 65535 and port not in ports:
+            ports.append(port)
+    nodes = [TLSRedisServer(port=port, cluster=True, cert_dir=tmp_path) for port in ports]
+    try:
+        try:
+            for node in nodes:
+                node.start()
+        except ServerError as exc:
+            if "tls" not in str(exc).lower() or "bad directive" not in str(exc).lower():
+                raise
+            pytest.skip(f"this redis-server has no TLS support (built without BUILD_TLS=yes): {exc}")
+        admin = [redis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(ca)) for port in ports]
+        for i, client in enumerate(admin):
+            client.execute_command("CLUSTER ADDSLOTSRANGE", i * 5462, min(16383, (i + 1) * 5462 - 1))
+            if i:
+                client.execute_command("CLUSTER MEET", "127.0.0.1", ports[0])
+        wait_until(lambda: all(c.cluster("info")["cluster_state"] == "ok" for c in admin), timeout=30,
+                   what="the TLS cluster ok")
+        client = make_redis(f"rediss+cluster://127.0.0.1:{ports[0]}?ssl_ca_certs={ca}")
+        before = ROUNDTRIPS["redis"]
+        for key in ("{a}", "{b}", "{c}"):  # one key on each node (slots 15495, 3300, 7365)
+            client.set(key, key)
+        assert client.mget_nonatomic(["{a}", "{b}", "{c}"]) == [b"{a}", b"{b}", b"{c}"]
+        assert {n.port for n in client.get_primaries()} == set(ports)
+        assert ROUNDTRIPS["redis"] - before >= 6
+        assert client.get_node_from_key("{a}").redis_connection.connection_pool.connection_class.__name__ == (
+            "CountingSSLConnection")
+        client.close()
+        for c in admin:
+            c.close()
+    finally:
+        for node in nodes:
+            node.cleanup()

@@ -8,7 +8,7 @@ import pytest
 
 from mrq.context import connections, setup_context
 from mrq.job import Job, queue_jobs
-from mrq.testing import ServerURLs, WorkerProcess, wait_for_idle
+from mrq.testing import ServerURLs, WorkerProcess, wait_for_idle, wait_until
 
 T = "tests.tasks.general."
 
@@ -42,4 +42,34 @@ def test_server_restart_during_jobs(service, restartable_urls, redis_restartable
     assert [Job(i).fetch().data["result"] for i in ids] == [0, 1, 2, 3]
     assert [Job(i).fetch().data.get("result") for i in more] == [1, 2, 3]
     assert worker.proc.poll() is None, "the worker must survive the outage"
+    assert worker.stop() == 0
+
+
+@pytest.mark.parametrize("service", ["mongodb", "redis"])
+def test_the_heartbeat_never_waits_on_mongodb(service, restartable_urls, redis_restartable, mongodb_restartable,
+                                              tmp_path):
+    """A job that logs runs through a 5 s outage (longer than the 2 s heartbeat TTL of the tests' workers):
+    during a MongoDB outage the heartbeat stays current all along (it talks to Redis only; the logs wait in
+    their own greenlet), and after a Redis outage it is back within a second; the job runs once."""
+    from mrq.context import get_broker
+
+    urls, worker = restartable_urls
+    worker.start("--greenlets", "2")
+    worker_id = str(worker.report()["_id"])
+    runs = tmp_path / "runs"
+    job_id = queue_jobs(T + "Record", [{"t": 8, "file": str(runs)}])[0]
+    wait_until(lambda: runs.exists(), what="job started")
+    broker = get_broker()
+    server = mongodb_restartable if service == "mongodb" else redis_restartable
+    server.stop()
+    deadline, missed = time.monotonic() + 5, []
+    while time.monotonic() < deadline:
+        if service == "mongodb" and not broker.alive([worker_id])[worker_id]:
+            missed.append(round(5 - (deadline - time.monotonic()), 1))
+        time.sleep(0.2)
+    server.start()
+    assert missed == [], f"heartbeat missing during the MongoDB outage at {missed} s"
+    wait_until(lambda: broker.alive([worker_id])[worker_id], timeout=3, what="heartbeat back after the outage")
+    assert Job(job_id).wait(timeout=30) == "recorded"
+    assert len(runs.read_text().splitlines()) == 1
     assert worker.stop() == 0

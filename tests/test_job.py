@@ -76,6 +76,18 @@ def test_cancel_and_requeue_without_worker(mrq_config):
     assert job.requeue(queue="other") is True
     assert job.fetch().data["queue"] == "other"
     assert get_broker().list_ids("other") == [str(job_id)]
+    assert get_broker().list_ids("default") == []  # moved, not copied: it would run twice
+
+
+def test_requeue_of_a_delayed_job_moves_it_out_of_its_delayed_set(mrq_config):
+    broker = get_broker()
+    job_id = queue_job(T + "Add", {"a": 1, "b": 2}, delay=600)
+    assert Job(job_id).cancel() is True
+    assert Job(job_id).requeue() is True
+    assert broker.sizes(["default"]) == {"default": (1, 0)}  # runs now, not in 10 minutes (and only once)
+    assert Job(job_id).cancel() is True
+    assert Job(job_id).requeue(queue="elsewhere") is True
+    assert broker.sizes(["default", "elsewhere"]) == {"default": (0, 0), "elsewhere": (1, 0)}
 
 
 def test_requeue_refused_while_running_on_live_worker(mrq_config):
@@ -104,3 +116,80 @@ def test_requeue_of_a_cancelled_job_still_in_its_list_pushes_it_once(mrq_config)
     assert Job(job_id).cancel() is True
     assert Job(job_id).requeue() is True
     assert get_broker().list_ids("default") == [str(job_id)]
+
+
+def test_the_task_class_settings_apply_when_enqueuing_and_cancelling(mrq_config):
+    """TASKS, then the class attributes, then the defaults: for queue_job's queue and TTL and cancel's TTL."""
+    job_id = queue_job(T + "Configured", {})
+    data = Job(job_id).fetch().data
+    assert data["queue"] == "classq" and get_broker().list_ids("classq") == [str(job_id)]
+    assert 499 <= (data["dateexpires"] - data["datequeued"]).total_seconds() <= 500
+    assert Job(job_id).cancel() is True
+    data = Job(job_id).fetch().data
+    assert 699 <= (data["dateexpires"] - data["dateupdated"]).total_seconds() <= 700
+    mrq_config["tasks"] = {T + "Configured": {"queue": "tasksq", "default_ttl": 50}}
+    data = Job(queue_job(T + "Configured", {})).fetch().data
+    assert data["queue"] == "tasksq"
+    assert 49 <= (data["dateexpires"] - data["datequeued"]).total_seconds() <= 50
+    data = Job(queue_job("no.such.module.Task", {})).fetch().data  # not importable here: the defaults
+    assert data["queue"] == "default"
+
+
+# -- caller-given ids: unique jobs ---------------------------------------------------------------------------
+
+def test_a_given_job_id_is_created_once(mrq_config):
+    from bson import ObjectId
+
+    from mrq.job import job_id_for
+
+    given = ObjectId()
+    assert queue_job(T + "Add", {"a": 1, "b": 2}, job_id=given) == given
+    assert queue_job(T + "Add", {"a": 9, "b": 9}, job_id=str(given)) == given  # exists: nothing created
+    assert Job(given).fetch().data["params"] == {"a": 1, "b": 2}
+    assert get_broker().list_ids("default") == [str(given)]
+    key_id = queue_job(T + "Add", {"a": 1, "b": 1}, unique_key="invoice:42")
+    assert key_id == job_id_for("invoice:42") == queue_job(T + "Add", {"a": 1, "b": 1}, unique_key="invoice:42")
+    ids = [ObjectId(), given, ObjectId()]
+    assert queue_jobs(T + "Add", [{"a": i, "b": 0} for i in range(3)], job_ids=ids) == ids
+    assert get_broker().list_ids("default") == [str(given), str(key_id), str(ids[0]), str(ids[2])]
+    assert connections.mongodb_jobs["mrq_jobs"].count_documents({}) == 4
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"job_id": "nope"}, "is not an ObjectId"),
+    ({"job_id": 12}, "is not an ObjectId"),
+    ({"unique_key": ""}, "non-empty string"),
+    ({"unique_key": "k", "job_id": "0" * 24}, "not both"),
+    ({"queue": "crawl_set"}, "is a raw queue"),
+])
+def test_bad_job_ids_are_refused_before_anything_is_written(mrq_config, kwargs, message):
+    with pytest.raises(InvalidParams, match=message):
+        queue_job(T + "Add", {"a": 1, "b": 2}, **kwargs)
+    assert connections.mongodb_jobs["mrq_jobs"].count_documents({}) == 0 and get_broker().known_queues() == []
+
+
+_ENQUEUER = """
+from gevent import monkey; monkey.patch_all()
+import sys, gevent
+from mrq.context import setup_context
+from mrq.job import queue_jobs
+setup_context(redis=sys.argv[1], mongodb_jobs=sys.argv[2])
+ids = sys.argv[3].split(",")
+gevent.joinall([gevent.spawn(queue_jobs, "tests.tasks.general.Add", [{"a": 1, "b": 1}] * len(ids), job_ids=ids)
+                for _ in range(20)], raise_error=True)
+"""
+
+
+def test_concurrent_enqueuers_of_the_same_ids_create_each_job_once(mrq_config, mrq_urls, pytestconfig):
+    """5 processes of 20 greenlets each enqueue the same 30 ids at once: 30 documents, each id queued once."""
+    import subprocess
+    import sys
+
+    from bson import ObjectId
+
+    ids = [str(ObjectId()) for _ in range(30)]
+    procs = [subprocess.Popen([sys.executable, "-c", _ENQUEUER, mrq_urls.redis, mrq_urls.mongodb, ",".join(ids)],
+                              cwd=pytestconfig.rootpath) for _ in range(5)]
+    assert [p.wait(60) for p in procs] == [0] * 5
+    assert connections.mongodb_jobs["mrq_jobs"].count_documents({}) == 30
+    assert sorted(get_broker().list_ids("default")) == sorted(ids)

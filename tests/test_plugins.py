@@ -20,7 +20,13 @@ from mrq import hookspecs
 from mrq.config import Option, get_config
 from mrq.exceptions import ConfigError, PluginError
 from mrq.hookspecs import hookimpl
-from mrq.plugins import ENTRY_POINT_GROUP, PluginManager, installed_plugins
+from mrq.plugins import (
+    ENTRY_POINT_GROUP,
+    FLAG_ENTRY_POINT_GROUP,
+    PluginManager,
+    installed_plugin_flags,
+    installed_plugins,
+)
 from tests.plugins import recorder
 from tests.plugins.recorder import read_records
 
@@ -32,8 +38,8 @@ RECORDER = "tests.plugins.recorder"
 ALL_HOOKS = [
     "mrq_add_hookspecs", "mrq_add_options", "mrq_configure",
     "mrq_jobs_enqueued",
-    "mrq_worker_start", "mrq_worker_services", "mrq_worker_report", "mrq_worker_stop",
-    "mrq_jobs_dequeued", "mrq_job_execute", "mrq_job_finished", "mrq_job_status_changed",
+    "mrq_worker_start", "mrq_worker_services", "mrq_worker_report", "mrq_redis_data_lost", "mrq_worker_stopping",
+    "mrq_worker_stop", "mrq_jobs_dequeued", "mrq_job_execute", "mrq_job_finished", "mrq_job_status_changed",
 ]
 
 
@@ -133,18 +139,37 @@ def test_listing_imports_nothing(dist_dir, monkeypatch):
     assert RECORDER not in sys.modules
 
 
-def test_enable_by_entry_point_name_with_monkeypatched_listing(monkeypatch):
-    class FakeEntryPoint:
-        value = RECORDER
-        dist = type("Dist", (), {"version": "9.9"})()
+def test_disabled_plugins_are_never_imported(dist_dir, monkeypatch):
+    """stevedore's NamedExtensionManager imports only the names it is given: enabling 'recorder' imports neither
+    'marker' nor 'broken' (which would fail), and listing imports nothing."""
+    info = dist_dir / "mrq_marker-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mrq-marker\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\nmarker = tests.plugins.import_marker\n")
+    monkeypatch.delitem(sys.modules, "tests.plugins.import_marker", raising=False)
+    config = cfg("--plugins", "recorder")
+    assert config.plugin_manager.enabled == ["recorder"]
+    assert {r["name"] for r in config.plugin_manager.describe()} >= {"recorder", "broken", "marker"}
+    assert "tests.plugins.import_marker" not in sys.modules
+    assert cfg("--plugins", "marker").plugin_manager.enabled == ["marker"]
+    assert "tests.plugins.import_marker" in sys.modules
 
-        def load(self) -> Any:
-            return recorder
 
-    monkeypatch.setattr("mrq.plugins.installed_plugins", lambda: {"rec": FakeEntryPoint()})
-    pm = cfg("--plugins", "rec").plugin_manager
-    assert pm.describe()[0] | {"hooks": []} == {"name": "rec", "version": "9.9", "enabled": True, "hooks": [],
-                                                "source": RECORDER}
+def test_a_plugin_installed_after_a_first_run_is_found_by_the_next_process(tmp_path):
+    """stevedore caches the entry points on disk, keyed by sys.path and the installed distributions' metadata
+    files: a distribution installed after a run is listed by the next process."""
+    site, cache = tmp_path / "later-site", tmp_path / "cache"
+    site.mkdir()
+    env = {"XDG_CACHE_HOME": str(cache)}
+    first = run_cli("plugins", env=env, pythonpath=[str(site)])
+    assert first.returncode == 0 and "latecomer" not in first.stdout, first.stderr
+    assert list((cache / "python-entrypoints").iterdir())  # the cache was written
+    info = site / "mrq_latecomer-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mrq-latecomer\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\nlatecomer = {RECORDER}\n")
+    second = run_cli("plugins", env=env, pythonpath=[str(site)])
+    assert f"latecomer 0.1 [disabled] ({RECORDER})" in second.stdout, second.stdout + second.stderr
 
 
 def test_unknown_name_lists_installed_plugins(dist_dir):
@@ -235,6 +260,50 @@ def test_plugin_option_needs_the_plugin():
     with pytest.raises(SystemExit):
         cfg("--recorder_flag")
     assert "recorder_flag" not in cfg(env={"MRQ_RECORDER_FLAG": "1"})
+
+
+@pytest.fixture
+def flag_dist(dist_dir) -> Path:
+    """dist_dir, whose distribution also declares the activation flag ``recorder_flag = recorder``."""
+    info = dist_dir / "mrq_test_plugins-1.2.3.dist-info"
+    text = (info / "entry_points.txt").read_text()
+    (info / "entry_points.txt").write_text(text + f"[{FLAG_ENTRY_POINT_GROUP}]\nrecorder_flag = recorder\n")
+    return dist_dir
+
+
+def test_activation_flag_enables_an_installed_plugin(flag_dist, monkeypatch, tmp_path):
+    assert installed_plugin_flags()["recorder_flag"] == "recorder"
+    config = cfg("--recorder_flag")
+    assert config.plugins == ["recorder"] and config.recorder_flag is True
+    assert config.sources["recorder_flag"] == "cli"
+    config = cfg("--recorder_flag", "--plugins", "recorder")  # named twice: registered once
+    assert config.plugin_manager.enabled == ["recorder"]
+    assert cfg(env={"MRQ_RECORDER_FLAG": "1"}).plugins == ["recorder"]
+    (tmp_path / "mrq-config.py").write_text("RECORDER_FLAG = True\n")
+    assert cfg().plugins == ["recorder"]
+    assert get_config("common", argv=None, env={}, extra={"recorder_flag": True}).plugins == ["recorder"]
+
+
+def test_activation_flag_off_imports_nothing(flag_dist, monkeypatch):
+    monkeypatch.delitem(sys.modules, RECORDER)
+    for config in (cfg(), cfg(env={"MRQ_RECORDER_FLAG": "0"}), cfg(env={"MRQ_RECORDER_FLAG": "false"}),
+                   cfg("--no-recorder_flag", env={"MRQ_RECORDER_FLAG": "1"}),  # the command line wins
+                   cfg("--recorder_flag=0")):
+        assert config.plugins == [] and "recorder_flag" not in config
+    assert RECORDER not in sys.modules
+    # Enabled by name, the plugin reads its option as usual: `--no-flag` is kept for it.
+    config = cfg("--plugins", "recorder", "--no-recorder_flag", env={"MRQ_RECORDER_FLAG": "1"})
+    assert config.plugins == ["recorder"] and config.recorder_flag is False
+
+
+def test_activation_flag_scan():
+    from mrq.config import _flag_in_argv
+
+    assert _flag_in_argv("x", ["--x", "default"]) is True
+    assert _flag_in_argv("x", ["--x=a,b"]) is True
+    assert _flag_in_argv("x", ["--x", "--no-x"]) is False
+    assert _flag_in_argv("x", ["--x=off"]) is False
+    assert _flag_in_argv("x", ["--xy", "--", "--x"]) is None
 
 
 def test_plugin_option_name_clash():
@@ -403,6 +472,10 @@ def test_hooks_end_to_end(recorded_run):
     assert hooks.count("service_ran") == 1 and hooks.count("mrq_worker_start") == 1
     stop = index(there, "mrq_worker_stop")
     assert hooks.count("mrq_worker_stop") == 1
+    stopping = index(there, "mrq_worker_stopping")
+    assert hooks.count("mrq_worker_stopping") == 1 and start < stopping < stop
+    assert there[stopping]["reason"] == "signal" and there[stopping]["worker"] == worker_id
+    assert hooks.count("mrq_redis_data_lost") == 1  # a fresh Redis: the first worker set MRQ's marker key
     job_hooks = {"mrq_jobs_dequeued", "mrq_job_execute", "mrq_job_finished", "mrq_job_status_changed"}
     assert all(start < i < stop for i, h in enumerate(hooks) if h in job_hooks)
     assert there[-1]["hook"] == "mrq_worker_report" and there[-1]["status"] == "stop"  # the final report
@@ -457,6 +530,35 @@ def test_hook_mrq_jobs_enqueued_batches(mrq_config, tmp_path, monkeypatch):
     assert [len(r["job_ids"]) for r in enqueued] == [1000, 500]
     assert [i for r in enqueued for i in r["job_ids"]] == [str(i) for i in ids]
     assert {(r["queue"], r["delay"], r["path"]) for r in enqueued} == {("batchq", 30.0, T + "Add")}
+
+
+def test_hook_mrq_redis_data_lost_once_per_loss_and_mrq_worker_stopping_reasons(mrq_worker_factory, tmp_path):
+    """Two workers; Redis loses its data (FLUSHALL): exactly one of them is called, once. A worker that reaches
+    --max_jobs says so to mrq_worker_stopping."""
+    from mrq.context import get_broker
+    from mrq.testing import wait_until
+
+    files = [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
+    workers = [mrq_worker_factory({"MRQ_RECORDER_FILE": str(f)}).start("--plugins", RECORDER) for f in files]
+
+    def lost() -> int:
+        return sum(len(by_hook(read_records(f), "mrq_redis_data_lost")) for f in files)
+
+    wait_until(lambda: lost() == 1, what="the first start noticed")
+    get_broker().redis.flushall()
+    wait_until(lambda: lost() == 2, what="the loss noticed")
+    import time
+    time.sleep(1)
+    assert lost() == 2  # once per loss, across workers
+    for w in workers:
+        assert w.stop() == 0
+    single = tmp_path / "max.jsonl"
+    worker = mrq_worker_factory({"MRQ_RECORDER_FILE": str(single)})
+    worker.start("--plugins", RECORDER, "--max_jobs", "1", wait=False)
+    from mrq.job import queue_job
+    queue_job(T + "Add", {"a": 1, "b": 1})
+    assert worker.proc.wait(30) == 0
+    assert [r["reason"] for r in by_hook(read_records(single), "mrq_worker_stopping")] == ["max_jobs"]
 
 
 def test_hook_mrq_worker_start_failure_stops_the_worker(mrq_worker):

@@ -38,6 +38,8 @@ def test_function_task_and_failure(mrq_worker):
     assert data["exceptiontype"] == "ValueError"
     assert "kaput" in data["traceback"]
     assert "pluggy" not in data["traceback"]
+    frames = [line for line in data["traceback"].splitlines() if line.strip().startswith("File ")]
+    assert "tests/tasks/general.py" in frames[0], data["traceback"]  # starts at the task's own frame
     assert len(data["traceback_history"]) == 1
     data = Job(missing).fetch().data
     assert data["status"] == "failed"
@@ -191,8 +193,22 @@ def test_requeue_failed_job(mrq_worker):
     assert len(data["traceback_history"]) == 2
 
 
-def test_max_concurrency_semaphore(mrq_worker):
-    mrq_worker.start("--greenlets", "5")
+def test_requeue_to_another_queue_of_a_listed_job_runs_it_once(mrq_worker, tmp_path):
+    """A cancelled job still listed in queue a, requeued to b, with a worker on both: one run."""
+    runs = tmp_path / "runs"
+    job_id = queue_job(T + "Record", {"file": str(runs)}, queue="a")
+    assert Job(job_id).cancel() is True
+    assert Job(job_id).requeue(queue="b") is True
+    mrq_worker.start("--greenlets", "2", queues=("a", "b"))
+    mrq_worker.wait_for_idle()
+    assert Job(job_id).fetch().data["status"] == "success"
+    assert len(runs.read_text().splitlines()) == 1
+
+
+def test_max_concurrency_fail_mode_keeps_the_original_behaviour(mrq_worker, tmp_path):
+    config = tmp_path / "mrq-config.py"
+    config.write_text(f"TASKS = {{{T + 'Concurrent'!r}: {{'on_max_concurrency': 'fail'}}}}\n")
+    mrq_worker.start("--greenlets", "5", "--config", str(config))
     ids = queue_jobs(T + "Concurrent", [{"t": 1}] * 4)
     mrq_worker.wait_for_idle()
     statuses = sorted(Job(i).fetch().data["status"] for i in ids)
@@ -200,6 +216,30 @@ def test_max_concurrency_semaphore(mrq_worker):
     again = queue_jobs(T + "Concurrent", [{"t": 0.1}] * 2)  # slots were released
     mrq_worker.wait_for_idle()
     assert {Job(i).fetch().data["status"] for i in again} == {"success"}
+
+
+def test_max_concurrency_waits_instead_of_failing(mrq_worker_factory):
+    """30 jobs of a task limited to 3, over 2 workers of 10 greenlets: all succeed, never more than 3 at once;
+    a job that finds no free slot waits (back in Redis, no MongoDB write) and is woken by a finishing one."""
+    workers = [mrq_worker_factory().start("--greenlets", "10") for _ in range(2)]
+    ids = queue_jobs(T + "Throttled", [{"t": 0.3}] * 30)
+    workers[0].wait_for_idle(timeout=60)
+    docs = [Job(i).fetch().data for i in ids]
+    assert {d["status"] for d in docs} == {"success"}
+    assert {d.get("retry_count", 0) for d in docs} == {0}  # a wait is not a retry
+    spans = [d["result"] for d in docs]
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    assert peak == 3
+    for w in workers:
+        assert w.stop() == 0
+    reports = [w.report()["counters"] for w in workers]
+    deferred = sum(r.get("deferred", 0) for r in reports)
+    assert 27 <= deferred <= 30 * 4, deferred  # each of the 27 others waited, woken promptly (few re-waits)
+    print(f"deferrals: {deferred}, redis round trips: {sum(r['redis_roundtrips'] for r in reports)}")
 
 
 def test_progress_subpool_and_run_task(mrq_worker):
@@ -246,7 +286,12 @@ def test_whitelist_pushes_back_other_tasks(mrq_worker):
     other = queue_job(T + "Add", {"a": 1, "b": 1})
     assert Job(allowed).wait(timeout=10) == 2
     assert Job(other).fetch().data["status"] == "queued"
-    mrq_worker.stop()
+    assert mrq_worker.stop() == 0
+    from mrq.context import get_broker
+    sizes = get_broker().sizes(["default"])["default"]
+    assert sum(sizes) == 1 and get_broker().inflight() == []  # pushed back, not dropped
+    mrq_worker.start()  # a worker that may run it does
+    assert Job(other).wait(timeout=10) == 2
 
 
 def test_max_jobs_and_burst(mrq_worker):
@@ -348,3 +393,56 @@ def test_worker_waits_for_an_unreachable_mongodb_and_still_stops(mrq_worker):
     t0 = time.monotonic()
     assert mrq_worker.stop(signal.SIGINT, timeout=20) == 0
     assert time.monotonic() - t0 < 10
+
+
+def test_a_dead_kernel_service_stops_the_worker_and_says_so(mrq_worker):
+    """A kernel service that dies (here the status writer's loop) must not leave a half-alive worker that
+    dequeues jobs whose statuses are never written: the worker stops, its jobs' statuses are stored at the
+    stop, and it exits with code 1 saying why."""
+    import subprocess
+
+    job_id = queue_job(T + "Sleep", {"t": 0.5, "result": "ok"})
+    mrq_worker.start("--plugins", "tests.plugins.break_writer", wait=False)
+    try:
+        code = mrq_worker.proc.wait(30)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the worker went on with a dead status writer") from None
+    assert code == 1
+    assert Job(job_id).fetch().data["status"] in ("queued", "success")  # never lost in between
+
+
+def test_a_new_subqueue_is_served_at_once(mrq_worker):
+    """A worker on 'sub/' learns of a subqueue created after it started from the wake-up of the push itself,
+    not at the next periodic refresh (--subqueues_refresh_interval, 10 s)."""
+    import time
+
+    from mrq.context import get_broker
+
+    mrq_worker.start("--subqueues_refresh_interval", "10", queues=("sub/",))
+    first = queue_job(T + "Add", {"a": 1, "b": 1}, queue="sub/first")
+    assert Job(first).wait(timeout=3) == 2
+    started = time.monotonic()
+    job_id = queue_job(T + "Add", {"a": 2, "b": 2}, queue="sub/second")
+    assert Job(job_id).wait(timeout=5) == 4
+    assert time.monotonic() - started < 3
+    mrq_worker.wait_for_idle()
+    assert get_broker().known_queues() == []  # both emptied, both forgotten
+
+
+def test_after_redis_lost_its_data_a_worker_writes_its_in_flight_records_again(mrq_worker, mrq_config, tmp_path):
+    """Redis restarted empty while a job runs: the worker notices with its next heartbeat and writes the job's
+    in-flight record again, so that no rebuild of the queues runs it a second time elsewhere."""
+    from mrq.context import get_broker
+    from mrq.testing import wait_until
+
+    mrq_worker.start("--greenlets", "2")
+    runs = tmp_path / "runs"
+    job_id = queue_job(T + "Record", {"file": str(runs), "t": 5})
+    wait_until(lambda: runs.exists(), what="job started")
+    broker = get_broker()
+    broker.redis.flushall()
+    (record,) = wait_until(lambda: broker.inflight(), timeout=5, what="the in-flight record written again")
+    assert record.job_id == str(job_id) and record.worker_id == str(mrq_worker.report()["_id"])
+    assert record.queue == "default"
+    assert Job(job_id).wait(timeout=20) == "recorded"
+    wait_until(lambda: not broker.inflight(), timeout=5, what="acknowledged")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pymongo
+import pymongo.errors
 import pytest
 import redis
 
@@ -99,5 +100,124 @@ def test_wait_for_room_blocks_until_the_backlog_is_written(parts):
             writer.wait_for_room(10)
         assert len(writer._pending) <= 10
         assert db["mrq_jobs"].count_documents({"status": "success"}) == 30
+    finally:
+        loop.kill()
+
+
+class _Faulty:
+    """The real collection, with faults injected into chosen calls (a replica-set election, a slow server)."""
+
+    def __init__(self, collection) -> None:
+        self.collection = collection
+        self.fail_find = 0
+        self.slow_write = 0.0
+
+    def find(self, *args, **kwargs):
+        if self.fail_find:
+            self.fail_find -= 1
+            raise pymongo.errors.AutoReconnect("not primary (election)")
+        return self.collection.find(*args, **kwargs)
+
+    def bulk_write(self, *args, **kwargs):
+        if self.slow_write:
+            import gevent
+            gevent.sleep(self.slow_write)
+        return self.collection.bulk_write(*args, **kwargs)
+
+
+def test_a_failed_check_of_refused_writes_loses_nothing(parts):
+    """An update that matches nothing (job cancelled meanwhile) makes the writer check which ones were refused;
+    when that find fails the batch stays stored and acknowledged, the check is retried, the writer goes on."""
+    import gevent
+
+    db, broker = parts
+    cancelled, ok, later = _queued(db, 3)
+    broker.push("q", [str(i) for i in (cancelled, ok, later)])
+    broker.dequeue("worker", ["q"], 3)
+    db["mrq_jobs"].update_one({"_id": cancelled}, {"$set": {"status": "cancel"}})
+    faulty = _Faulty(db["mrq_jobs"])
+    faulty.fail_find = 1
+    seen = []
+    writer = StatusWriter(faulty, broker, 0.02, on_written=seen.extend)
+    loop = gevent.spawn(writer.run)
+    try:
+        writer.finished(cancelled, Outcome(st.SUCCESS, set={"status": st.SUCCESS}))
+        writer.finished(ok, Outcome(st.SUCCESS, set={"status": st.SUCCESS}))
+        with gevent.Timeout(10):
+            while len(broker.inflight()) > 1:
+                gevent.sleep(0.02)
+        assert faulty.fail_find == 0 and writer.errors >= 1
+        writer.finished(later, Outcome(st.SUCCESS, set={"status": st.SUCCESS}))  # the writer is still alive
+        with gevent.Timeout(10):
+            while broker.inflight():
+                gevent.sleep(0.02)
+        assert not loop.dead
+        assert sorted(str(i) for i, _, _ in seen) == sorted([str(ok), str(later)])  # the refused one: not reported
+        assert writer.refused == 1
+        assert db["mrq_jobs"].find_one({"_id": cancelled})["status"] == "cancel"
+    finally:
+        loop.kill()
+
+
+def test_flush_timeout_during_a_write_keeps_the_batch_and_says_so(parts):
+    db, broker = parts
+    ids = _queued(db, 2)
+    faulty = _Faulty(db["mrq_jobs"])
+    faulty.slow_write = 1.0
+    writer = StatusWriter(faulty, broker, 0.05)
+    for i in ids:
+        writer.finished(i, Outcome(st.SUCCESS, set={"status": st.SUCCESS}))
+    assert writer.flush(timeout=0.2) is False  # the timeout fired inside bulk_write
+    assert len(writer) == 3  # two statuses and their acknowledgement, kept
+    faulty.slow_write = 0
+    assert writer.flush(timeout=10) is True
+    assert db["mrq_jobs"].count_documents({"status": "success"}) == 2
+
+
+def test_the_flush_loop_survives_an_unexpected_error(parts, monkeypatch):
+    import gevent
+
+    db, broker = parts
+    (job_id,) = _queued(db, 1)
+    writer = StatusWriter(db["mrq_jobs"], broker, 0.02)
+    calls = []
+    real = writer._flush_once
+
+    def flaky(everything=False):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return real(everything)
+
+    monkeypatch.setattr(writer, "_flush_once", flaky)
+    loop = gevent.spawn(writer.run)
+    try:
+        writer.finished(job_id, Outcome(st.SUCCESS, set={"status": st.SUCCESS}))
+        with gevent.Timeout(10):
+            while db["mrq_jobs"].find_one({"_id": job_id})["status"] != "success":
+                gevent.sleep(0.02)
+        assert not loop.dead and writer.errors == 1
+    finally:
+        loop.kill()
+
+
+def test_a_job_end_is_written_at_once_and_a_started_status_waits_to_be_merged(parts):
+    """The window in which a SIGKILLed worker would leave a finished job to run again is one write, not one
+    interval; a "started" status still waits up to an interval, to become one update with a quick job's end."""
+    import gevent
+
+    db, broker = parts
+    ended, running = _queued(db, 2)
+    writer = StatusWriter(db["mrq_jobs"], broker, 5.0)  # a long interval: only a job's end triggers a write
+    loop = gevent.spawn(writer.run)
+    try:
+        writer.started(running, {"status": st.STARTED})
+        writer.started(ended, {"status": st.STARTED})
+        writer.finished(ended, Outcome(st.SUCCESS, set={"status": st.SUCCESS}))
+        with gevent.Timeout(2):
+            while db["mrq_jobs"].find_one({"_id": ended})["status"] != "success":
+                gevent.sleep(0.01)
+        assert db["mrq_jobs"].find_one({"_id": running})["status"] == "queued"  # not written separately yet
+        assert writer.written == 1
     finally:
         loop.kill()

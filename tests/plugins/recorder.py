@@ -151,3 +151,13 @@ def mrq_job_finished(worker: Any, job: Any, status: str) -> None:
 @hookimpl
 def mrq_job_status_changed(job_id: Any, status: str, fields: dict[str, Any]) -> None:
     record("mrq_job_status_changed", job=str(job_id), status=status, fields=sorted(fields))
+
+
+@hookimpl
+def mrq_worker_stopping(worker: Any, reason: str) -> None:
+    record("mrq_worker_stopping", worker=str(worker.id), reason=reason, running=len(worker.jobs))
+
+
+@hookimpl
+def mrq_redis_data_lost(worker: Any) -> None:
+    record("mrq_redis_data_lost", worker=str(worker.id))

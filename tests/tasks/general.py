@@ -123,3 +123,61 @@ class GetContext(Task):
         assert job is not None and worker is not None
         return {"job_id": str(job.id), "worker_id": str(worker.id), "greenlets": config["greenlets"],
                 "pid": os.getpid(), "custom": config.get("custom_key")}
+
+
+class Record(Task):
+    """Appends "<job id> <pid>" to the file ``params["file"]`` at each run (a record that needs neither Redis
+    nor MongoDB), then logs a line every 0.25 s for ``params["t"]`` seconds."""
+
+    def run(self, params: dict[str, Any]) -> Any:
+        with open(params["file"], "a") as f:
+            f.write(f"{get_current_job().id} {os.getpid()}\n")
+        for i in range(int(params.get("t", 0) / 0.25)):
+            log.info("tick %d", i)
+            gevent.sleep(0.25)
+        return params.get("result", "recorded")
+
+
+class Configured(Task):
+    """Settings given as class attributes (a TASKS entry overrides them)."""
+
+    queue = "classq"
+    default_ttl = 500
+    cancel_ttl = 700
+
+    def run(self, params: dict[str, Any]) -> Any:
+        return "configured"
+
+
+class Throttled(Task):
+    """At most 3 at once across all workers; returns its (start, end) unix times."""
+
+    max_concurrency = 3
+
+    def run(self, params: dict[str, Any]) -> Any:
+        import time
+
+        start = time.time()
+        gevent.sleep(params.get("t", 0.3))
+        return [start, time.time()]
+
+
+class Crash(Task):
+    """Kills its worker process (SIGABRT, as a crash in native code would), after recording the run."""
+
+    def run(self, params: dict[str, Any]) -> Any:
+        with open(params["file"], "a") as f:
+            f.write(f"{os.getpid()}\n")
+        os.abort()
+
+
+class Hog(Task):
+    """Allocates 20 MB every 0.1 s until stopped (a memory blow-up), after recording the run."""
+
+    def run(self, params: dict[str, Any]) -> Any:
+        with open(params["file"], "a") as f:
+            f.write(f"{os.getpid()}\n")
+        hoard = []
+        while True:
+            hoard.append(bytearray(20 * 1024 * 1024))
+            gevent.sleep(0.1)

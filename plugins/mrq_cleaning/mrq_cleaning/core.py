@@ -30,7 +30,9 @@ from mrq import status as st
 from mrq.broker import Broker
 from mrq.context import connections, get_broker, get_current_config
 from mrq.job import JOBS, utcnow
+from mrq.recovery import requeue_dead_worker_jobs
 from mrq.task import task_settings
+from redis.cluster import RedisCluster
 
 __all__ = ["Cleaner", "DEFAULTS", "push_if_absent", "chunks"]
 
@@ -106,12 +108,17 @@ class Cleaner:
         return min(self.heartbeat_ttl, 2 * interval + 1)
 
     def redis_settled(self) -> bool:
-        """False during the first 2 heartbeat TTLs after Redis (re)started: heartbeats may be missing then."""
+        """False during the first 2 heartbeat TTLs after Redis (re)started: heartbeats may be missing then. On a
+        Redis Cluster, the Redis asked is the node that holds MRQ's keys (all in one slot)."""
+        r = self.broker.redis
         try:
-            uptime = float(self.broker.redis.info("server").get("uptime_in_seconds", 1e9))
+            if isinstance(r, RedisCluster):  # a bare INFO goes to redis-py's default node
+                info = r.info("server", target_nodes=r.get_node_from_key(self.broker.key("hb")))
+            else:
+                info = r.info("server")
         except redis.exceptions.ResponseError:  # INFO disabled (renamed command): trust the heartbeats
             return True
-        return uptime >= 2 * self.heartbeat_ttl
+        return float(info.get("uptime_in_seconds", 1e9)) >= 2 * self.heartbeat_ttl
 
     # ------------------------------------------------------------------ locking
     def run_locked(self, name: str, func: Callable[[], Any], interval: float = 0,
@@ -165,18 +172,17 @@ class Cleaner:
                 continue
             mine = [r for r in records if r.worker_id == worker_id]
             for batch in chunks(mine, _BATCH):
-                ids = self.broker.requeue_inflight(batch, worker_id)
-                if not ids:
-                    continue
-                oid = ObjectId(worker_id) if ObjectId.is_valid(worker_id) else worker_id
-                self._set_queued([ObjectId(i) for i in ids], {
-                    "$or": [{"status": {"$in": [st.QUEUED, st.RETRY, st.INTERRUPT]}},
-                            {"status": st.STARTED, "worker": {"$in": [oid, None]}}]})
+                # The kernel counts the death on each job and stops requeueing a job that killed
+                # --max_worker_deaths workers; raw jobs go back into their raw queue.
+                result = requeue_dead_worker_jobs(batch, worker_id, self.config.get("max_worker_deaths"))
+                ids, poisoned = result["requeued"], result["poisoned"]
                 total += len(ids)
                 self.counters["dead_worker"] += len(ids)
                 self.counters["requeued"] += len(ids)
-                self.log.warning("cleaning: requeued %d job(s) in flight on dead worker %s: %s", len(ids),
-                                 worker_id, " ".join(ids))
+                self.counters["poisoned"] += len(poisoned)
+                if ids:
+                    self.log.warning("cleaning: requeued %d job(s) in flight on dead worker %s: %s", len(ids),
+                                     worker_id, " ".join(ids))
         return total
 
     def _set_queued(self, oids: list[ObjectId], condition: dict[str, Any]) -> int:
@@ -322,14 +328,6 @@ class Cleaner:
         if dead:
             counts["dead_worker"] = dead
         return counts
-
-    def check_epoch(self) -> bool:
-        """True if the marker key is missing (first start, or Redis lost its data) and this process set it:
-        the caller then rebuilds the queues from MongoDB."""
-        key = self.broker.key("cleaning", "epoch")
-        if self.broker.redis.exists(key):
-            return False
-        return bool(self.broker.redis.set(key, repr(time.time()), nx=True))
 
     def rebuild(self, detected: datetime.datetime | None = None) -> dict[str, int]:
         """Redis lost its data (or this is the first start): push back every job whose document says it waits

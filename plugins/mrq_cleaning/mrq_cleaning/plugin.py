@@ -52,50 +52,54 @@ def mrq_configure(config: Any) -> None:
             raise ConfigError(f"Option {name} is {value}: use a value >= 0 (0 disables an interval's pass).")
 
 
-def _tick(intervals: list[float]) -> float:
-    enabled = [i for i in intervals if i > 0]
-    return max(0.05, min([1.0, *(i / 2 for i in enabled)]))
+def _tick(interval: float) -> float:
+    return max(0.05, min(1.0, interval / 2))
 
 
-def make_service(worker: Any) -> Callable[[], None]:
-    def cleaning() -> None:
-        from mrq_cleaning.core import Cleaner
+def make_services(worker: Any) -> list[Callable[[], None]]:
+    """One greenlet per pass, so that a pass waiting on MongoDB (the lost and started passes query it) never
+    delays another: the dead-worker pass needs only Redis to requeue, and must go on during a MongoDB outage."""
+    from mrq_cleaning.core import Cleaner
 
+    cleaner = Cleaner(worker.config, worker.log, COUNTERS)
+    c = worker.config
+    passes = [("dead", cleaner.requeue_dead_workers, float(c.get("cleaning_dead_interval", 5.0))),
+              ("lost", cleaner.lost_pass, float(c.get("cleaning_lost_interval", 30.0))),
+              ("started", cleaner.started_pass, float(c.get("cleaning_started_interval", 300.0)))]
+
+    def loop(name: str, step: Callable[[], Any], tick: float) -> Callable[[], None]:
+        def service() -> None:
+            while True:
+                try:
+                    step()
+                except gevent.GreenletExit:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - Redis or MongoDB down: try again later
+                    COUNTERS["errors"] += 1
+                    worker.log.warning("cleaning: %s pass failed (%s: %s); retrying", name, type(exc).__name__, exc)
+                    gevent.sleep(1)
+                gevent.sleep(tick)
+
+        service.__name__ = f"cleaning_{name}"
+        return service
+
+    return [loop(name, lambda n=name, f=func, i=interval: cleaner.run_locked(n, f, i), _tick(interval))
+            for name, func, interval in passes if interval > 0]
+
+
+@hookimpl
+def mrq_redis_data_lost(worker: Any) -> None:
+    """Redis lost MRQ's data (or this is its first worker): rebuild the queues from MongoDB."""
+    from mrq_cleaning.core import Cleaner
+
+    if bool(worker.config.get("cleaning_rebuild", True)):
         cleaner = Cleaner(worker.config, worker.log, COUNTERS)
-        c = worker.config
-        passes = [("dead", cleaner.requeue_dead_workers, float(c.get("cleaning_dead_interval", 5.0))),
-                  ("lost", cleaner.lost_pass, float(c.get("cleaning_lost_interval", 30.0))),
-                  ("started", cleaner.started_pass, float(c.get("cleaning_started_interval", 300.0)))]
-        passes = [p for p in passes if p[2] > 0]
-        rebuild = bool(c.get("cleaning_rebuild", True))
-        tick = _tick([p[2] for p in passes])
-        broker = cleaner.broker
-        while True:
-            try:
-                if rebuild and cleaner.check_epoch():
-                    cleaner.run_locked("rebuild", cleaner.rebuild)
-                # One round trip tells which passes another worker ran recently.
-                pipe = broker.redis.pipeline(transaction=False)
-                for name, _, _ in passes:
-                    pipe.exists(broker.key("cleaning", "last", name))
-                recent = pipe.execute()
-                for (name, func, interval), ran in zip(passes, recent, strict=True):
-                    if not ran:
-                        cleaner.run_locked(name, func, interval)
-            except gevent.GreenletExit:
-                raise
-            except Exception as exc:  # noqa: BLE001 - Redis or MongoDB down: try again later
-                COUNTERS["errors"] += 1
-                worker.log.warning("cleaning: pass failed (%s: %s); retrying", type(exc).__name__, exc)
-                gevent.sleep(1)
-            gevent.sleep(tick)
-
-    return cleaning
+        cleaner.run_locked("rebuild", cleaner.rebuild)
 
 
 @hookimpl
 def mrq_worker_services(worker: Any) -> list[Callable[[], Any]]:
-    return [make_service(worker)]
+    return make_services(worker)
 
 
 @hookimpl

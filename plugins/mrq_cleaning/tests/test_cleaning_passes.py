@@ -128,6 +128,30 @@ def test_pass_lock_and_interval(mrq_config):
     assert cleaner.counters["pass_x"] == 1
 
 
+def test_redis_settled_asks_the_cluster_node_of_mrqs_slot(mrq_redis_cluster, mrq_cluster_urls):
+    """On a Redis Cluster, the Redis whose restart matters is the node that holds MRQ's keys (one slot): its
+    uptime decides, not the uptime of the node redis-py sends a bare INFO to."""
+    from mrq.context import setup_context
+    from mrq.testing import wait_until
+
+    setup_context(redis=mrq_cluster_urls.redis, mongodb_jobs=mrq_cluster_urls.mongodb)
+    try:
+        r = get_broker().redis
+        slot = r.get_node_from_key(get_broker().key("hb"))
+        assert slot.name != r.get_default_node().name  # else a bare INFO would ask it too
+        others = [n for n in r.get_primaries() if n.name != slot.name]
+        wait_until(lambda: min(r.info("server", target_nodes=n)["uptime_in_seconds"] for n in others) >= 6,
+                   timeout=10, what="the other nodes up for 6 s")
+        node = next(n for n in mrq_redis_cluster.nodes if n.port == slot.port)
+        node.stop()
+        node.start()
+        mrq_redis_cluster.wait_ok()
+        assert not _cleaner(heartbeat_ttl=2.5).redis_settled()  # settled once MRQ's node has been up 5 s
+        assert _cleaner(heartbeat_ttl=0).redis_settled()
+    finally:
+        connections.reset()
+
+
 def test_tasks_runnable_by_hand(mrq_urls, mrq_config, request):
     _jobs().insert_many([_doc("queued", 60), _doc("interrupt", 60)])
     env = dict(os.environ, MRQ_REDIS=mrq_urls.redis, MRQ_MONGODB_JOBS=mrq_urls.mongodb)

@@ -6,4 +6,4 @@ Stateful part: :class:`mrq_scheduler.scheduler.Scheduler` (lock, ``mrq_scheduled
 The hooks are in :mod:`mrq_scheduler.plugin`.
 """
 
-__version__ = "1.0.0"
+__version__ = "1.1.0"

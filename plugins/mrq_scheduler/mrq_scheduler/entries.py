@@ -3,6 +3,7 @@
 An entry is a dict::
 
     {"path": "tasks.Report", "params": {"kind": "daily"}, "queue": "reports",   # params, queue optional
+     "name": "daily-report",                # optional: the same name across configs = versions of one entry
      # exactly one schedule:
      "interval": 60,                        # seconds (int or float > 0)
      "dailytime": "09:30",                  # or datetime.time(9, 30); "HH:MM" or "HH:MM:SS"
@@ -27,7 +28,7 @@ from mrq_scheduler.cron import UTC, CronError, CronSpec, next_fire, parse_cron, 
 
 __all__ = ["Entry", "parse_entries", "KEYS", "WEEKDAY_NAMES"]
 
-KEYS = ("path", "params", "queue", "interval", "dailytime", "weekday", "monthday", "cron", "timezone")
+KEYS = ("name", "path", "params", "queue", "interval", "dailytime", "weekday", "monthday", "cron", "timezone")
 KINDS = ("interval", "dailytime", "cron")
 #: Weekday names accepted by ``weekday`` (0 = Monday, as ``datetime.date.weekday()`` and the original MRQ).
 WEEKDAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
@@ -42,8 +43,9 @@ class Entry:
 
     ``schedule`` is the normalised schedule (``{"interval": 2.0}``, ``{"cron": "0 9 * * *"}``,
     ``{"dailytime": "09:00:00", "weekday": 0}``), ``hash`` its identity: a SHA-1 of the sorted JSON of
-    path, params, queue, schedule and (except for intervals) time zone. The same entry has the same
-    hash in every process and every day; changing any of these makes it a new entry.
+    name (if any), path, params, queue, schedule and (except for intervals) time zone. The same entry has
+    the same hash in every process and every day; changing any of these makes it a new entry. ``name``
+    makes definitions with different hashes versions of one entry (see the scheduler).
     """
 
     index: int
@@ -55,6 +57,7 @@ class Entry:
     hash: str
     interval: float | None = None
     spec: CronSpec | None = field(default=None, repr=False)
+    name: str | None = None
 
     def describe(self) -> str:
         """Human-readable schedule: ``every 2 s``, ``cron '0 9 * * *' (Europe/Paris)``..."""
@@ -133,6 +136,9 @@ def _parse_one(index: int, raw: Any, default_tz: str) -> Entry:
     unknown = sorted(set(raw) - set(KEYS), key=str)
     if unknown:
         raise _err(index, raw, f"unknown key(s) {unknown}; known keys: {', '.join(KEYS)}")
+    name = raw.get("name")
+    if name is not None and (not isinstance(name, str) or not name.strip() or name != name.strip()):
+        raise _err(index, raw, f"'name' must be a non-empty string without surrounding spaces, not {name!r}")
     path = raw.get("path")
     if not path:
         raise _err(index, raw, "missing 'path' (the task's dotted path, e.g. 'tasks.Report')")
@@ -215,9 +221,12 @@ def _parse_one(index: int, raw: Any, default_tz: str) -> Entry:
     identity = {"path": path, "params": params_json, "queue": queue, "schedule": schedule}
     if interval is None:
         identity["timezone"] = timezone
+    if name is not None:  # only when given: the hashes of unnamed entries stay those of mrq-scheduler 1.0
+        identity["name"] = name
     digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode(), usedforsecurity=False).hexdigest()
     return Entry(index=index, path=path, params=dict(params), queue=queue, schedule=schedule,
-                 timezone=timezone if interval is None else "UTC", hash=digest, interval=interval, spec=spec)
+                 timezone=timezone if interval is None else "UTC", hash=digest, interval=interval, spec=spec,
+                 name=name)
 
 
 def parse_entries(raw: Any, default_timezone: str = "UTC") -> list[Entry]:
@@ -236,11 +245,17 @@ def parse_entries(raw: Any, default_timezone: str = "UTC") -> list[Entry]:
         raise ConfigError(f"--scheduler_timezone: {exc}") from None
     entries: list[Entry] = []
     seen: dict[str, int] = {}
+    names: dict[str, int] = {}
     for index, item in enumerate(raw):
         entry = _parse_one(index, item, default_timezone)
         if entry.hash in seen:
             raise _err(index, item, f"duplicate of SCHEDULER_TASKS[{seen[entry.hash]}] (same path, params, "
                        "queue and schedule): it would run twice per period; remove one")
+        if entry.name is not None and entry.name in names:
+            raise _err(index, item, f"name {entry.name!r} is already the name of SCHEDULER_TASKS["
+                       f"{names[entry.name]}]: names must be unique (or remove one of the two)")
         seen[entry.hash] = index
+        if entry.name is not None:
+            names[entry.name] = index
         entries.append(entry)
     return entries

@@ -24,9 +24,10 @@ def test_valid_config_and_options(tmp_path):
         {{"path": "{T}", "params": {{"a": 1, "b": 2}}, "interval": 60}},
         {{"path": "{T}", "dailytime": datetime.time(9, 30), "weekday": 0, "queue": "q"}},
         {{"path": "{T}", "dailytime": "09:30:15", "monthday": 31, "timezone": "Europe/Paris"}},
-        {{"path": "{T}", "cron": "*/5 8-18 * * mon-fri"}},
-    ]""", "--scheduler_interval", "2.5", "--scheduler_timezone", "Asia/Tokyo")
+        {{"path": "{T}", "cron": "*/5 8-18 * * mon-fri", "name": "sync"}},
+    ]""", "--scheduler_interval", "2.5", "--scheduler_timezone", "Asia/Tokyo", "--scheduler_orphan_ttl", "3600")
     assert config["scheduler_interval"] == 2.5
+    assert config["scheduler_orphan_ttl"] == 3600
     assert config["scheduler_timezone"] == "Asia/Tokyo"
     assert len(config["scheduler_tasks"]) == 4
     assert "scheduler" in config["plugins"]
@@ -57,6 +58,10 @@ def test_valid_config_and_options(tmp_path):
     (f'[{{"path": "{T}", "interval": 5, "params": {{"f": object()}}}}]', "'params' cannot be stored in MongoDB"),
     (f'[{{"path": "{T}", "interval": 5, "queue": "a b"}}]', "'queue' 'a b' must be a non-empty name"),
     (f'[{{"path": "{T}", "intervall": 5}}]', "unknown key(s) ['intervall']"),
+    (f'[{{"path": "{T}", "interval": 5, "name": 3}}]', "'name' must be a non-empty string without surrounding"),
+    (f'[{{"path": "{T}", "interval": 5, "name": " poll"}}]', "not ' poll'"),
+    (f'[{{"path": "{T}", "interval": 5, "name": "poll"}}, {{"path": "{T}", "interval": 9, "name": "poll"}}]',
+     f"SCHEDULER_TASKS[1] ('{T}'): name 'poll' is already the name of SCHEDULER_TASKS[0]: names must be unique"),
     (f'[{{"path": "{T}", "interval": 5, "params": {{"a": 1}}}}, '
      f'{{"path": "{T}", "interval": 5.0, "params": {{"a": 1}}}}]',
      f"SCHEDULER_TASKS[1] ('{T}'): duplicate of SCHEDULER_TASKS[0]"),
@@ -73,6 +78,11 @@ def test_invalid_options(tmp_path):
         resolve(tmp_path, ok, "--scheduler_timezone", "Nowhere")
     with pytest.raises(ConfigError, match="--scheduler_interval must be > 0"):
         resolve(tmp_path, ok, "--scheduler_interval", "0")
+    with pytest.raises(ConfigError, match=r"--scheduler_orphan_ttl 59.0 is too short: it must be at least 60 s"):
+        resolve(tmp_path, ok, "--scheduler_orphan_ttl", "59")
+    with pytest.raises(ConfigError, match="at least 180 s"):
+        resolve(tmp_path, ok, "--scheduler_orphan_ttl", "100", "--scheduler_interval", "30")
+    assert resolve(tmp_path, ok)["scheduler_orphan_ttl"] == 7 * 86400
 
 
 def test_timezone_aware_dailytime_is_refused(tmp_path):

@@ -171,3 +171,12 @@ def test_hash_is_stable_and_sensitive():
     assert entry(dailytime="09:00").hash == entry(dailytime=dt.time(9, 0)).hash
     assert entry(dailytime="09:00").hash != entry(dailytime="09:00", timezone="Europe/Paris").hash
     assert entry(cron="0 9 * * *").hash == entry(cron=" 0  9 * * * ").hash
+
+
+def test_hash_of_unnamed_entries_is_that_of_version_1_0_and_a_name_is_part_of_it():
+    # mrq-scheduler 1.0 computed these: upgrading keeps the state of every unnamed entry
+    assert entry(interval=60, params={"b": 1, "a": [1, 2]}).hash == "023edb261465a3716fd8ca42ff519e0903a60a15"
+    assert entry(cron="0 9 * * *", timezone="Europe/Paris").hash == "7f8a1a6913f21c764f26173c6b35c538a74784f5"
+    named = entry(interval=60, name="poll")
+    assert named.name == "poll" and entry(interval=60).name is None
+    assert len({named.hash, entry(interval=60).hash, entry(interval=60, name="poll2").hash}) == 3

@@ -88,3 +88,65 @@ def test_restarts_neither_rerun_nor_skip_a_daily_period(tmp_path, mrq_worker):
     assert {d["last_run"] for d in docs} == {dt.datetime(2024, 1, 2, 9)}
     assert {d["next_run"] for d in docs} == {dt.datetime(2024, 1, 3, 9)}
     assert sorted(j["result"] for j in jobs()) == [3, 3, 7, 7]
+
+
+# ---------------------------------------------------------------------- rolling deploys (mixed configs)
+X = {"path": T, "params": {"a": 10, "b": 0}, "interval": 1}   # in both configs
+Y = {"path": T, "params": {"a": 11, "b": 0}, "interval": 1}   # removed by the new config
+Z = {"path": T, "params": {"a": 12, "b": 0}, "interval": 1}   # added by the new config
+
+
+def worker_args(tmp_path, name: str, entries: list[dict]) -> tuple[str, ...]:
+    folder = tmp_path / name
+    folder.mkdir(exist_ok=True)
+    return ("--plugins", "scheduler", "--config", write_config(folder, repr(entries)), "--scheduler_interval", "0.2")
+
+
+def runs(entry: dict) -> list[dt.datetime]:
+    return [j["datequeued"] for j in jobs(params=entry["params"])]
+
+
+def assert_once_per_period(entry: dict) -> None:
+    """At most one job per period: every job is a claim that moved next_run along the entry's grid (first period =
+    its first declaration), so there are no more jobs than grid slots up to the last period claimed. (Gaps between
+    jobs tell nothing: after a restart, the coalesced catch-up run may come just before the next regular one.)"""
+    doc = connections.mongodb_jobs["mrq_scheduled_jobs"].find_one({"params": entry["params"]})
+    slots = round((doc["last_run"] - doc["datecreated"]).total_seconds() / entry["interval"]) + 1
+    assert len(runs(entry)) == doc["queued_count"] <= slots, (entry["params"], doc)
+
+
+def test_rollout_forward_old_workers_keep_running_removed_entries(tmp_path, mrq_worker_factory):
+    old = mrq_worker_factory().start(*worker_args(tmp_path, "old", [X, Y]))
+    assert wait_until(lambda: len(runs(Y)) >= 2, 20)
+    new = mrq_worker_factory().start(*worker_args(tmp_path, "new", [X, Z]))
+    y_before = len(runs(Y))
+    # both configs live: the entries of each keep running (today: Y, unknown to the new worker, was deleted)
+    assert wait_until(lambda: len(runs(Z)) >= 3 and len(runs(Y)) >= y_before + 3, 20), (runs(Y), runs(Z))
+    assert old.stop() == 0
+    # Y is now in no live worker's config: it stops at once; Z and X go on
+    y_final, z_now = len(runs(Y)), len(runs(Z))
+    assert wait_until(lambda: len(runs(Z)) >= z_now + 3, 20)
+    assert len(runs(Y)) == y_final
+    assert new.stop() == 0
+    for entry in (X, Y, Z):
+        assert_once_per_period(entry)
+    # Y's state is kept (an old worker coming back within --scheduler_orphan_ttl resumes it)
+    assert connections.mongodb_jobs["mrq_scheduled_jobs"].count_documents({}) == 3
+
+
+def test_rollout_backward_old_workers_restarting_keep_new_entries(tmp_path, mrq_worker_factory):
+    new = mrq_worker_factory().start(*worker_args(tmp_path, "new", [X, Z]))
+    assert wait_until(lambda: len(runs(Z)) >= 2, 20)
+    old = mrq_worker_factory()
+    for _ in range(3):
+        # an old-config worker (re)starts after the new one: a rolling deploy backward, or the respawn of a
+        # --max_jobs child (as --processes does); today its start deleted Z, which never ran again
+        old.start(*worker_args(tmp_path, "old", [X, Y]), "--max_jobs", "3")
+        z_now = len(runs(Z))
+        assert wait_until(lambda: len(runs(Z)) >= z_now + 2, 20), runs(Z)  # noqa: B023 - called at once
+        assert wait_until(lambda: old.proc.poll() is not None, 30)         # noqa: B023 - exits on --max_jobs
+        assert old.proc.returncode == 0
+    assert len(runs(Y)) >= 2
+    assert new.stop() == 0
+    for entry in (X, Y, Z):
+        assert_once_per_period(entry)

@@ -1,0 +1,118 @@
+"""Putting back the jobs of workers that died, and containing the jobs that kill them.
+
+A job in flight on a dead worker (SIGKILL, OOM, segfault, a lost machine) runs again elsewhere: at least once.
+A job that *is* the cause (a segfault in a C extension, ``os.abort()``, a memory blow-up) would kill worker after
+worker, forever; so each death is counted on the job's document (``worker_deaths``, and an entry in its
+``traceback_history`` naming the worker and the time), and at ``--max_worker_deaths`` (default 3) the job ends
+with the final status ``maxworkerdeaths`` instead of running again. ``mrq-run`` or ``Job.requeue()`` revive it.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable
+from typing import Any
+
+from bson import ObjectId
+
+from mrq import status as st
+from mrq.broker import InFlight
+
+__all__ = ["requeue_inflight", "requeue_dead_worker_jobs", "death_entry", "WORKER_DIED"]
+
+#: ``exceptiontype`` of a ``traceback_history`` entry recording a worker death.
+WORKER_DIED = "WorkerDied"
+
+
+def death_entry(worker_id: Any, why: str, now: datetime.datetime) -> dict[str, Any]:
+    """The ``traceback_history`` entry of one worker death while the job ran."""
+    return {"date": now, "status": "workerdied", "exceptiontype": WORKER_DIED, "worker": worker_id,
+            "traceback": why}
+
+
+def _docs(ids: Iterable[str], fields: list[str]) -> dict[str, dict[str, Any]]:
+    from mrq.context import connections
+    from mrq.job import JOBS
+
+    oids = [ObjectId(i) for i in ids if ObjectId.is_valid(i)]
+    if not oids:
+        return {}
+    return {str(d["_id"]): d for d in connections.mongodb_jobs[JOBS].find({"_id": {"$in": oids}}, fields)}
+
+
+def requeue_inflight(records: Iterable[InFlight], worker_id: str = "") -> list[str]:
+    """Requeue in-flight jobs (that a worker popped and did not run): regular ids at the head of their queue; raw
+    jobs back into their raw queue, or, if a status of theirs was stored, as regular jobs on their
+    ``retry_queue`` (their payload would otherwise run again under a new id, next to the stored one). Only jobs
+    still in flight (on ``worker_id``) are requeued; returns their ids.
+
+    Costs one ``find`` in MongoDB when there are raw jobs among ``records``, and one Lua call in Redis.
+    """
+    from mrq.context import get_broker
+
+    records = list(records)
+    raw = [r.job_id for r in records if r.payload is not None]
+    as_regular = {i: d.get("queue") or "default" for i, d in _docs(raw, ["queue"]).items()} if raw else {}
+    return get_broker().requeue_inflight(records, worker_id, as_regular)
+
+
+def requeue_dead_worker_jobs(records: Iterable[InFlight], worker_id: str, max_deaths: int | None = None,
+                             ) -> dict[str, list[str]]:
+    """Requeue the jobs in flight on the dead worker ``worker_id`` (its heartbeat is gone: the caller checked),
+    counting the death on each job's document; a job that reaches ``max_deaths`` (default ``--max_worker_deaths``)
+    ends as ``maxworkerdeaths`` instead.
+
+    Documents of requeued jobs go back to ``queued`` (if they still said ``queued``, ``retry``, ``interrupt``, or
+    ``started`` on this worker). Raw jobs that stored nothing have no document: their payload goes back into their
+    raw queue, uncounted. Returns ``{"requeued": [...], "poisoned": [...]}``.
+
+    Costs one ``find`` and up to two ``update_many`` in MongoDB, one Lua call in Redis.
+    """
+    from mrq.context import connections, get_broker, get_current_config
+    from mrq.job import JOBS, utcnow
+
+    records = list(records)
+    if not records:
+        return {"requeued": [], "poisoned": []}
+    if max_deaths is None:
+        max_deaths = int(get_current_config().get("max_worker_deaths") or 0)
+    docs = _docs([r.job_id for r in records], ["queue", "worker_deaths"])
+    poison = {i for i, d in docs.items() if max_deaths and int(d.get("worker_deaths") or 0) + 1 >= max_deaths}
+    as_regular = {r.job_id: docs[r.job_id].get("queue") or "default" for r in records
+                  if r.payload is not None and r.job_id in docs}
+    done = set(get_broker().requeue_inflight(records, worker_id, as_regular, drop=poison))
+    now = utcnow()
+    oid = ObjectId(worker_id) if ObjectId.is_valid(worker_id) else worker_id
+    entry = death_entry(oid, f"The worker {worker_id} running this job died (heartbeat gone).", now)
+    jobs = connections.mongodb_jobs[JOBS]
+    requeued = [i for i in done if i not in poison]
+    poisoned = [i for i in done if i in poison]
+    counted = [ObjectId(i) for i in requeued if i in docs]
+    if counted:
+        jobs.update_many(
+            {"_id": {"$in": counted}, "$or": [{"status": {"$in": [st.QUEUED, st.RETRY, st.INTERRUPT]}},
+                                              {"status": st.STARTED, "worker": {"$in": [oid, None]}}]},
+            {"$set": {"status": st.QUEUED, "dateupdated": now}, "$inc": {"worker_deaths": 1},
+             "$push": {"traceback_history": entry}})
+    if poisoned:
+        _poison(jobs, [ObjectId(i) for i in poisoned], entry, max_deaths, now)
+    return {"requeued": requeued, "poisoned": poisoned}
+
+
+def _poison(jobs: Any, oids: list[ObjectId], entry: dict[str, Any], max_deaths: int, now: datetime.datetime) -> None:
+    import logging
+
+    from mrq.context import get_current_config
+    from mrq.task import task_settings
+
+    ttl = float(get_current_config().get("default_job_ttl") or task_settings("", {}).default_ttl)
+    why = (f"This job was running when its worker died {max_deaths} times (--max_worker_deaths): it is probably "
+           "what kills them (a crash in native code, os._exit/abort, memory). It will not run again by itself: "
+           "fix the cause, then requeue it. The deaths are in traceback_history.")
+    jobs.update_many(
+        {"_id": {"$in": oids}, "status": {"$in": sorted(st.allowed_from(st.MAXWORKERDEATHS))}},
+        {"$set": {"status": st.MAXWORKERDEATHS, "dateupdated": now, "exceptiontype": WORKER_DIED, "traceback": why,
+                  "dateexpires": now + datetime.timedelta(seconds=ttl)},
+         "$inc": {"worker_deaths": 1}, "$push": {"traceback_history": entry}})
+    logging.getLogger("mrq.recovery").error("%d job(s) killed their worker %d times: status %s, not requeued: %s",
+                                            len(oids), max_deaths, st.MAXWORKERDEATHS, " ".join(map(str, oids)))

@@ -1,0 +1,56 @@
+"""Jobs of dead workers come back; a job that kills its workers is contained (mrq/recovery.py)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from mrq import status as st
+from mrq.job import Job, queue_job
+from mrq.recovery import WORKER_DIED
+from mrq.testing import wait_until
+
+T = "tests.tasks.general."
+CLEANING_FAST = {"MRQ_CLEANING_DEAD_INTERVAL": "0.3", "MRQ_CLEANING_LOST_INTERVAL": "0.5",
+                 "MRQ_CLEANING_GRACE": "1"}
+
+
+def _runs(path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def _stop(worker) -> None:
+    try:
+        worker.stop()
+    except (AssertionError, subprocess.TimeoutExpired):
+        worker.kill()
+
+
+@pytest.mark.parametrize("task, args", [
+    ("Crash", ("--plugins", "cleaning")),               # the worker dies: the cleaning plugin counts it
+    ("Hog", ("--max_memory", "200")),                   # --max_memory stops the worker: the worker counts it
+])
+def test_a_job_that_kills_its_workers_ends_as_maxworkerdeaths(mrq_worker, tmp_path, task, args):
+    """Under --processes (workers respawned), a job that takes its worker down each time runs 3 times
+    (--max_worker_deaths), then ends with its own final status, the deaths in its traceback_history; the jobs
+    queued behind it run."""
+    runs = tmp_path / "runs"
+    poison = queue_job(T + task, {"file": str(runs)})
+    good = queue_job(T + "Add", {"a": 1, "b": 2})
+    mrq_worker.start("--processes", "2", *args, queues=("default",), env=CLEANING_FAST, wait=False)
+    try:
+        wait_until(lambda: Job(poison).fetch().status == st.MAXWORKERDEATHS, timeout=90, what="the poison contained")
+        assert Job(good).wait(timeout=30) == 3
+        data = Job(poison).fetch().data
+        assert data["worker_deaths"] == 3 and data["exceptiontype"] == WORKER_DIED
+        deaths = [h for h in data["traceback_history"] if h["exceptiontype"] == WORKER_DIED]
+        assert len(deaths) == 3 and all(h["worker"] and h["date"] for h in deaths)
+        assert "--max_worker_deaths" in data["traceback"]
+        assert _runs(runs) == 3
+        import time
+        time.sleep(3)
+        assert _runs(runs) == 3  # not requeued again
+    finally:
+        _stop(mrq_worker)
+    assert Job(poison).requeue() is True  # a person can still run it again
