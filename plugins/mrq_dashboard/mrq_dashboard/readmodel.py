@@ -33,12 +33,12 @@ __all__ = ["ReadModel", "STATUS_GROUPS", "LIST_FIELDS", "NotFound", "recent_rate
 STATUS_GROUPS: dict[str, list[str]] = {
     "waiting": [st.QUEUED, st.RETRY, st.INTERRUPT],
     "running": [st.STARTED],
-    "failing": [st.FAILED, st.MAXRETRIES, st.TIMEOUT, st.ABORT],
+    "failing": [st.FAILED, st.MAXRETRIES, st.TIMEOUT, st.ABORT, st.MAXWORKERDEATHS],
     "done": [st.SUCCESS],
     "stopped": [st.CANCEL, st.MAXCONCURRENCY],
 }
 _STATUS_ORDER = [st.QUEUED, st.STARTED, st.RETRY, st.INTERRUPT, st.SUCCESS, st.FAILED, st.MAXRETRIES, st.TIMEOUT,
-                 st.ABORT, st.CANCEL, st.MAXCONCURRENCY]
+                 st.ABORT, st.MAXWORKERDEATHS, st.CANCEL, st.MAXCONCURRENCY]
 #: Fields of a job read for the lists (the big ones, result and tracebacks, are read on the job page).
 LIST_FIELDS = ["path", "params", "queue", "status", "worker", "datequeued", "datestarted", "dateupdated",
                "totaltime", "retry_count", "exceptiontype", "progress"]

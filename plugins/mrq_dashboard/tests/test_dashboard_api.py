@@ -37,7 +37,7 @@ def test_config_and_security_headers(dashboard, dash):
     assert response.status == 200
     data = response.json()
     assert len(data["csrf_token"]) > 20 and data["readonly"] is False
-    assert data["status_groups"]["failing"] == ["failed", "maxretries", "timeout", "abort"]
+    assert data["status_groups"]["failing"] == ["failed", "maxretries", "timeout", "abort", "maxworkerdeaths"]
     for path in ("/api/config", "/", "/static/dashboard.js"):
         headers = dashboard.get(path).headers
         assert "script-src 'self'" in headers["Content-Security-Policy"]

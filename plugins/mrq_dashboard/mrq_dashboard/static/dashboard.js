@@ -151,7 +151,7 @@
       card("pool usage", data.pool_usage === null ? "–" : Math.round(data.pool_usage * 100) + "%", data.running + " of " + data.greenlets + " greenlets busy", link("workers")),
       card("jobs/s now", String(data.jobs_per_second), "", null),
       card("queued", fmtNum(data.queued), data.delayed ? fmtNum(data.delayed) + " delayed" : "", link("queues")),
-      card("failing", fmtNum(data.failing), "failed, maxretries, timeout, abort", link("exceptions")),
+      card("failing", fmtNum(data.failing), "failed, maxretries, timeout, abort, maxworkerdeaths", link("exceptions")),
       card("jobs stored", fmtNum(data.total), "", link("statuses")));
     const hist = data.history;
     MRQChart.line(document.getElementById("chart-done"), {start: hist.start, title: "jobs per minute",
