@@ -8,10 +8,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import HERE, TASKS, DashboardProcess
 from mrq.job import Job, queue_job
 from mrq.queue import Queue
 
-from conftest import HERE, TASKS, DashboardProcess
 from mrq_dashboard.security import check_listen_address, is_loopback
 
 ROUTES = ["/", "/jobs", "/queues", "/api/config", "/api/jobs", "/api/statuses", "/api/openapi.json",
