@@ -85,8 +85,12 @@
     box.textContent = String(err.message || err);
   }
 
+  /** API URLs are absolute on the origin: a page opened as http://user:pass@host/ has those credentials in
+   * its address, and fetch() refuses URLs that carry credentials (the browser's auth cache sends them). */
+  function apiUrl(path, params) { return location.origin + link("api/" + path, params); }
+
   async function api(path, params) {
-    const response = await fetch(link("api/" + path, params), {credentials: "same-origin", headers: {Accept: "application/json"}});
+    const response = await fetch(apiUrl(path, params), {credentials: "same-origin", headers: {Accept: "application/json"}});
     const data = await response.json().catch(() => ({error: response.status + " " + response.statusText}));
     if (!response.ok) throw new Error(data.error || response.statusText);
     return data;
@@ -99,7 +103,7 @@
 
   async function post(path, params, payload) {
     const cfg = await config();
-    const response = await fetch(link("api/" + path, params), {
+    const response = await fetch(apiUrl(path, params), {
       method: "POST", credentials: "same-origin",
       headers: {"X-CSRF-Token": cfg.csrf_token, "Content-Type": "application/json", Accept: "application/json"},
       body: JSON.stringify(payload || {}),
@@ -359,8 +363,7 @@
         groups.appendChild(h("a", {class: "group", href: link("jobs", Object.assign(jobFilters(), {status: name})), text: name, title: statuses.join(", ")}));
       }
     });
-    const bulk = document.getElementById("bulk");
-    if (READONLY) { bulk.hidden = true; return; }
+    if (READONLY) return;  // no bulk buttons on a read-only dashboard
     const result = document.getElementById("bulk-result");
     const run = (action) => async () => {
       const filters = jobFilters();
