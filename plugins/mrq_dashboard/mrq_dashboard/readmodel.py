@@ -200,8 +200,8 @@ class ReadModel:
         known = broker.known_queues()
         sizes = broker.sizes(known) if known else {}
         counts, meta = self.counts()
-        rss = merge(({"v": 1, "start": (d.get("history") or {}).get("start"),
-                      "done": {"rss": (d.get("history") or {}).get("rss") or []}} for d in docs), minutes=60)
+        rss = _sum_series(((d.get("history") or {}).get("start"), (d.get("history") or {}).get("rss"))
+                          for d in docs)
         return {
             "workers_alive": len(live),
             "workers_dead": sum(1 for d in docs if not alive.get(str(d["_id"])) and d.get("status") != "stop"),
@@ -212,7 +212,7 @@ class ReadModel:
             "failing": sum(counts["by_status"].get(s, 0) for s in STATUS_GROUPS["failing"]),
             "total": counts["total"], "counts": meta,
             "history": {"start": history["start"], "done": history["done"], "total": history["total"],
-                        "queues": history["queues"], "rss": rss["done"].get("rss", [0] * 60)},
+                        "queues": history["queues"], "rss": rss},
         }
 
     def taskpaths(self, skip: int = 0, limit: int = 100) -> dict[str, Any]:
@@ -295,6 +295,18 @@ def _last(values: Any) -> Any:
         if value is not None:
             return value
     return None
+
+
+def _sum_series(series: Any, minutes: int = 60) -> list[int | None]:
+    """Per-minute sums of several workers' ``(start, values)`` series over the last hour (``None``: no sample)."""
+    start = int(time.time() // 60 * 60) - 60 * (minutes - 1)
+    out: list[int | None] = [None] * minutes
+    for first, values in series:
+        for i, value in enumerate(values or []):
+            slot = (int(first or 0) + 60 * i - start) // 60
+            if 0 <= slot < minutes and value is not None:
+                out[slot] = (out[slot] or 0) + int(value)
+    return out
 
 
 def recent_rate(history: Mapping[str, Any] | None, now: float | None = None) -> float:

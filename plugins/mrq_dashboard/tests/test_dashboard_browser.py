@@ -79,7 +79,7 @@ def test_failed_job_found_from_exceptions_page_then_requeued_after_the_fix(brows
 
     cause.write_text("fixed")                                          # the cause is fixed...
     browser.find_element(By.CSS_SELECTOR, "button.requeue").click()    # ...and the job requeued from its page
-    wait_for("success shown", lambda: browser.find_element(By.CSS_SELECTOR, "table.fields .status-success"))
+    wait_for("success shown", lambda: browser.find_element(By.CSS_SELECTOR, "dl.fields .status-success"))
     assert Job(job).fetch().data["result"] == "fixed"
     assert "Traceback history (1)" in browser.find_element(By.ID, "job").text   # the failure stays in history
     no_js_errors(browser)
@@ -104,7 +104,7 @@ def test_running_job_cancelled_from_its_page_stops_within_2_s(browser, dashboard
     job = queue_job(TASKS + "Chatty", {"lines": 1000, "every": 0.1})
     dash.worker()
     open_page(browser, dashboard, f"/jobs/{job}")
-    wait_for("started", lambda: browser.find_element(By.CSS_SELECTOR, "table.fields .status-started"))
+    wait_for("started", lambda: browser.find_element(By.CSS_SELECTOR, "dl.fields .status-started"))
     broker = get_broker()
     assert broker.redis.hexists(broker.inflight_key, str(job))
     browser.find_element(By.CSS_SELECTOR, "button.cancel").click()
@@ -112,7 +112,7 @@ def test_running_job_cancelled_from_its_page_stops_within_2_s(browser, dashboard
     wait_until(lambda: not broker.redis.hexists(broker.inflight_key, str(job)), timeout=2.0, poll=0.02,
                what="the running job stopped")
     assert Job(job).fetch().status == "cancel"
-    wait_for("cancel shown", lambda: browser.find_element(By.CSS_SELECTOR, "table.fields .status-cancel"))
+    wait_for("cancel shown", lambda: browser.find_element(By.CSS_SELECTOR, "dl.fields .status-cancel"))
     lines = text_of(browser, "#logs").count("chatty job")
     assert lines < 1000
 
@@ -169,7 +169,7 @@ def test_job_data_is_shown_as_text_and_executes_nothing(browser, dashboard, dash
     for path in ("/", "/statuses", "/queues", "/workers", "/jobs", "/taskpaths", "/exceptions", f"/jobs/{evil}"):
         open_page(browser, dashboard, path)
         wait_for(f"{path} filled", lambda: browser.execute_script(
-            "return document.querySelectorAll('tbody tr, .card, #job table').length") > 0)
+            "return document.querySelectorAll('tbody tr, .card, #job dl').length") > 0)
         if path == "/jobs":
             for toggle in browser.find_elements(By.CSS_SELECTOR, "button.toggle"):
                 toggle.click()

@@ -70,6 +70,10 @@
       });
       if (d) root.appendChild(svg("path", {d: d.trim(), fill: "none", stroke: color, "stroke-width": 1.8,
                                            "data-series": s.name}));
+      s.values.forEach((v, i) => {  // a point without neighbours (a new worker, a sparse sample) shows as a dot
+        const alone = typeof v === "number" && typeof s.values[i - 1] !== "number" && typeof s.values[i + 1] !== "number";
+        if (alone) root.appendChild(svg("circle", {cx: x(i).toFixed(1), cy: y(v).toFixed(1), r: 2.5, fill: color}));
+      });
     });
     const legend = document.createElement("div");
     legend.className = "legend";

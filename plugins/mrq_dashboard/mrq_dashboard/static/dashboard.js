@@ -66,6 +66,15 @@
     return d.toLocaleString("sv-SE").replace("T", " ") + (ago >= 0 ? " (" + fmtDuration(ago) + " ago)" : "");
   }
 
+  /** A date in a table cell: the time of day for today (the full date in its tooltip), else the day. */
+  function dateCell(iso) {
+    if (!iso) return h("td", {});
+    const d = new Date(iso);
+    const today = new Date().toDateString() === d.toDateString();
+    const text = isNaN(d) ? String(iso) : today ? d.toLocaleTimeString("sv-SE") : d.toLocaleString("sv-SE").slice(0, 16);
+    return h("td", {class: "date", title: fmtDate(iso), text});
+  }
+
   function badge(status) { return h("span", {class: "status status-" + String(status).replace(/[^a-z]/g, ""), text: status}); }
 
   function statusLinks(counts, extra) {
@@ -126,8 +135,9 @@
   function freshness(meta) {
     const el = document.getElementById("freshness");
     if (!meta) { el.textContent = ""; return; }
-    el.textContent = "counts computed " + fmtDuration(meta.age) + " ago (shared, recomputed at most every " +
-      (window.MRQ_CACHE_TTL || "?") + " s)";
+    const ttl = Number(window.MRQ_CACHE_TTL || 0);
+    el.textContent = "counts computed " + fmtDuration(meta.age) + " ago " +
+      (ttl > 0 ? "(shared, recomputed at most every " + ttl + " s)" : "(on every request)");
   }
 
   function pager(data, params) {
@@ -155,7 +165,7 @@
       card("pool usage", data.pool_usage === null ? "–" : Math.round(data.pool_usage * 100) + "%", data.running + " of " + data.greenlets + " greenlets busy", link("workers")),
       card("jobs/s now", String(data.jobs_per_second), "", null),
       card("queued", fmtNum(data.queued), data.delayed ? fmtNum(data.delayed) + " delayed" : "", link("queues")),
-      card("failing", fmtNum(data.failing), "failed, maxretries, timeout, abort, maxworkerdeaths", link("exceptions")),
+      card("failing", fmtNum(data.failing), "failed, maxretries, timeout...", link("exceptions")),
       card("jobs stored", fmtNum(data.total), "", link("statuses")));
     const hist = data.history;
     MRQChart.line(document.getElementById("chart-done"), {start: hist.start, title: "jobs per minute",
@@ -272,7 +282,8 @@
       job.status !== "queued" && job.status !== "started" ? button("Requeue", () => post("jobs/" + job.id + "/requeue"), "requeue") : null);
     const parts = [
       actions,
-      h("table", {class: "fields"}, h("tbody", {}, rows.map(([k, v]) => h("tr", {}, h("th", {text: k}), h("td", {}, k === "status" ? badge(job.status) : String(v === null || v === undefined ? "" : v)))))),
+      h("dl", {class: "fields"}, rows.filter(([k, v]) => k === "status" || (v !== null && v !== undefined && v !== "")).map(([k, v]) =>
+        h("div", {}, h("dt", {text: k}), h("dd", {}, k === "status" ? badge(job.status) : String(v))))),
       h("h3", {text: "Run it here"}), pre(job.command, "command"),
       h("h3", {text: "Params"}), pre(json(job.params), "params"),
     ];
@@ -321,7 +332,7 @@
         h("td", {}, badge(j.status), j.exceptiontype ? h("span", {class: "exc", text: " " + j.exceptiontype}) : null),
         h("td", {}, h("a", {href: link("jobs", {queue: j.queue}), text: j.queue})),
         h("td", {}, j.worker ? h("a", {href: link("jobs", {worker: j.worker}), text: String(j.worker).slice(-6)}) : ""),
-        h("td", {text: fmtDate(j.datequeued)}), h("td", {text: fmtDate(j.datestarted)}), h("td", {text: fmtDate(j.dateupdated)}),
+        dateCell(j.datequeued), dateCell(j.datestarted), dateCell(j.dateupdated),
         h("td", {class: "num", text: j.totaltime === null || j.totaltime === undefined ? "" : Number(j.totaltime).toFixed(3)}),
         ...columns.map((c) => h("td", {}, cellNode(j.extra[c.name]))),
         READONLY ? null : h("td", {class: "actions"},
@@ -440,7 +451,7 @@
       h("td", {}, h("a", {href: link("jobs", {path: r.path, status: statuses}), text: r.path})),
       h("td", {}, h("a", {class: "exception", href: link("jobs", {path: r.path, exceptiontype: r.exceptiontype, status: statuses}), text: r.exceptiontype || "(none)"})),
       h("td", {class: "num", text: fmtNum(r.count)}),
-      h("td", {text: fmtDate(r.last)}))));
+      dateCell(r.last))));
     if (!data.exceptions.length) document.querySelector("#exceptions tbody").appendChild(h("tr", {}, h("td", {colspan: 4, class: "hint", text: "No failed job."})));
     pager(Object.assign({rows: data.exceptions.length}, data), params);
     freshness(data.counts);
