@@ -231,7 +231,7 @@ class ReadModel:
     def jobs(self, filters: Mapping[str, Any], skip: int, limit: int, before: str | None,
              columns: list[dict[str, Any]]) -> dict[str, Any]:
         filters = expand_queue_prefixes(filters, self.broker.known_queues()) if filters.get("queue") else filters
-        fields = LIST_FIELDS + [c["field"] for c in columns if c.get("field")]
+        fields = _projection(LIST_FIELDS + [c["field"] for c in columns if c.get("field")])
         docs, more = list_jobs(self.db[JOBS], filters, skip=skip, limit=limit,
                                before=_oid(before, "cursor") if before else None, projection=fields)
         rows = []
@@ -278,6 +278,15 @@ class ReadModel:
         return {"logs": [{"id": d["_id"], "date": d.get("date"), "text": d.get("logs", "")} for d in docs],
                 "text": "\n".join(str(d.get("logs", "")) for d in docs),
                 "cursor": docs[-1]["_id"] if docs else cursor, "more": more}
+
+
+def _projection(fields: list[str]) -> list[str]:
+    """Fields without path collisions (MongoDB refuses ``params`` with ``params.a``): the shortest path wins."""
+    out: list[str] = []
+    for field in sorted(set(fields), key=lambda f: (f.count("."), f)):
+        if not any(field == kept or field.startswith(kept + ".") for kept in out):
+            out.append(field)
+    return out
 
 
 def _unix(value: Any) -> float:
