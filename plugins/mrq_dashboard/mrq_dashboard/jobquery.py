@@ -23,35 +23,46 @@ from bson import ObjectId
 from mrq import status as st
 from mrq.actions import build_query
 
-__all__ = ["list_jobs", "expand_queue_prefixes", "DRIVERS", "WINDOWS"]
+__all__ = ["list_jobs", "expand_prefixes", "expand_queue_prefixes", "DRIVERS", "WINDOWS", "INDEXED_WINDOWS"]
 
 #: Filter keys that can drive the read, most selective first.
 DRIVERS = ("exceptiontype", "path", "worker", "queue", "status")
 #: Widths of the successive id windows, in seconds (``None``: everything older).
 WINDOWS: tuple[float | None, ...] = (3600, 6 * 3600, 86400, 7 * 86400, 30 * 86400, 365 * 86400, None)
+#: Without an indexed equality in the filter (only params or dates), this many windows are read by status;
+#: older jobs are then read by one plain query (the server scans: a filter on params alone cannot use an index).
+INDEXED_WINDOWS = 2
 _MAX_DRIVER_VALUES = 50
-_CHUNK = 200
+_CHUNK = 1000
 
 
 def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
 
 
-def expand_queue_prefixes(filters: Mapping[str, Any], known_queues: Iterable[str]) -> dict[str, Any]:
-    """``queue`` values ending in ``/`` replaced by the known queues they match (exact values read by index)."""
+def expand_prefixes(filters: Mapping[str, Any], key: str, known: Iterable[str]) -> dict[str, Any]:
+    """Values of ``key`` that are prefixes (``x*``; for ``queue`` also ``q/``) replaced by the ``known`` values
+    they match, so that they are read by index as exact values. A prefix that matches nothing known is kept."""
     out = dict(filters)
-    if not filters.get("queue"):
+    if not filters.get(key):
         return out
-    known = sorted(known_queues)
+    known = sorted(known)
     values: list[Any] = []
-    for value in _as_list(filters["queue"]):
-        if isinstance(value, str) and value.endswith("/"):
-            matched = [q for q in known if q.startswith(value)]
-            values.extend(matched or [value])
-        else:
-            values.append(value)
-    out["queue"] = sorted(set(values), key=values.index)
+    for value in _as_list(filters[key]):
+        prefix = None
+        if isinstance(value, str) and value.endswith("*"):
+            prefix = value[:-1]
+        elif isinstance(value, str) and key == "queue" and value.endswith("/"):
+            prefix = value
+        matched = [k for k in known if k.startswith(prefix)] if prefix is not None else []
+        values.extend(matched or [value])
+    out[key] = sorted(set(values), key=values.index)
     return out
+
+
+def expand_queue_prefixes(filters: Mapping[str, Any], known_queues: Iterable[str]) -> dict[str, Any]:
+    """:func:`expand_prefixes` for queues (``crawl/`` and ``crawl*``)."""
+    return expand_prefixes(filters, "queue", known_queues)
 
 
 def _driver(filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
@@ -93,11 +104,16 @@ def list_jobs(collection: Any, filters: Mapping[str, Any], skip: int = 0, limit:
         return docs[:limit], len(docs) > limit
     key, values = _driver(filters)
     residual = any(filters.get(k) not in (None, "", []) for k in filters if k != key)
+    no_driver = key == "status" and not filters.get("status")
     now = now or datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
     upper: ObjectId | None = before
     upper_time = before.generation_time.replace(tzinfo=None) if before is not None else now
     found: list[dict[str, Any]] = []
-    for width in WINDOWS:
+    for number, width in enumerate(WINDOWS):
+        if no_driver and residual and number >= INDEXED_WINDOWS:  # sparse matches: one query for the rest
+            cond = {"$and": [query, {"_id": {"$lt": upper}}]} if upper is not None else query
+            found.extend(collection.find(cond, projection).sort("_id", -1).limit(wanted - len(found)))
+            break
         lower = _id_at(upper_time - datetime.timedelta(seconds=width)) if width is not None else None
         id_range: dict[str, Any] = {}
         if lower is not None:

@@ -25,7 +25,7 @@ from mrq.logger import LOGS
 from mrq.worker import WORKERS
 
 from mrq_dashboard.cache import SharedCache
-from mrq_dashboard.jobquery import expand_queue_prefixes, list_jobs
+from mrq_dashboard.jobquery import expand_prefixes, list_jobs
 
 __all__ = ["ReadModel", "STATUS_GROUPS", "LIST_FIELDS", "NotFound", "recent_rate"]
 
@@ -230,7 +230,12 @@ class ReadModel:
     # ------------------------------------------------------------------ jobs
     def jobs(self, filters: Mapping[str, Any], skip: int, limit: int, before: str | None,
              columns: list[dict[str, Any]]) -> dict[str, Any]:
-        filters = expand_queue_prefixes(filters, self.broker.known_queues()) if filters.get("queue") else filters
+        if filters.get("queue"):
+            filters = expand_prefixes(filters, "queue", self.broker.known_queues())
+        if _has_wildcard(filters.get("path")):  # known task paths: from the shared counts
+            filters = expand_prefixes(filters, "path", self.counts()[0]["by_path"])
+        if _has_wildcard(filters.get("exceptiontype")):
+            filters = expand_prefixes(filters, "exceptiontype", {r["exceptiontype"] for r in self.failures()[0]})
         fields = _projection(LIST_FIELDS + [c["field"] for c in columns if c.get("field")])
         docs, more = list_jobs(self.db[JOBS], filters, skip=skip, limit=limit,
                                before=_oid(before, "cursor") if before else None, projection=fields)
@@ -278,6 +283,11 @@ class ReadModel:
         return {"logs": [{"id": d["_id"], "date": d.get("date"), "text": d.get("logs", "")} for d in docs],
                 "text": "\n".join(str(d.get("logs", "")) for d in docs),
                 "cursor": docs[-1]["_id"] if docs else cursor, "more": more}
+
+
+def _has_wildcard(value: Any) -> bool:
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return any(isinstance(v, str) and v.endswith("*") for v in values)
 
 
 def _projection(fields: list[str]) -> list[str]:

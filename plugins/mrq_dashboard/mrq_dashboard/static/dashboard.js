@@ -145,6 +145,13 @@
     if (!box) return;
     const skip = data.skip || 0, limit = data.limit || 50;
     const items = [];
+    if ("next_before" in data) {  // the jobs list: pages by cursor (the last id shown), never by a deep skip
+      if (params.cursor || skip) items.push(h("a", {href: link(PAGE, Object.assign({}, params, {cursor: null, skip: null})), text: "← newest", class: "prev"}));
+      items.push(h("span", {text: " " + (data.rows || 0) + " jobs shown "}));
+      if (data.next_before) items.push(h("a", {href: link(PAGE, Object.assign({}, params, {cursor: data.next_before, skip: null})), text: "older →", class: "next"}));
+      box.replaceChildren(...items);
+      return;
+    }
     if (skip > 0) items.push(h("a", {href: link(PAGE, Object.assign({}, params, {skip: Math.max(0, skip - limit)})), text: "← newer", class: "prev"}));
     items.push(h("span", {text: " rows " + (skip + 1) + "–" + (skip + (data.rows || 0)) + " "}));
     if (data.more) items.push(h("a", {href: link(PAGE, Object.assign({}, params, {skip: skip + limit})), text: "older →", class: "next"}));
@@ -306,7 +313,7 @@
     const params = urlParams();
     const filters = jobFilters();
     const cfg = await config();
-    const data = await api("jobs", Object.assign({}, filters, {skip: params.skip, limit: params.limit || 50}));
+    const data = await api("jobs", Object.assign({}, filters, {skip: params.skip, cursor: params.cursor, limit: params.limit || 50}));
     const columns = cfg.columns || [];
     const head = document.querySelector("#jobs thead tr");
     if (head.dataset.extra !== String(columns.length)) {
