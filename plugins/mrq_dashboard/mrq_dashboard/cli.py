@@ -87,11 +87,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MRQError as exc:
         print(f"mrq-dashboard: error: {exc}", file=sys.stderr)
         return 2
-    flags = config.get("_flags") or {}
-    if flags.get("version"):
+    flags = argparse.ArgumentParser(add_help=False)  # MRQ's own parser accepted them: just see which were given
+    flags.add_argument("--version", action="store_true")
+    flags.add_argument("--list-plugins", dest="list_plugins", action="store_true")
+    given = vars(flags.parse_known_args(argv)[0])
+    if given["version"]:
         print(f"mrq-dashboard {__version__} (MRQ {mrq_version})")
         return 0
-    if flags.get("list_plugins"):
+    if given["list_plugins"]:
         for row in config.plugin_manager.describe():
             state = "enabled" if row["enabled"] else "disabled"
             print(f"{row['name']} {row['version'] or '-'} [{state}] ({row['source']})")

@@ -76,3 +76,8 @@ def test_bad_arguments_exit_2_with_a_message(dashboard_urls, dash):
 def test_version():
     result = subprocess.run([SCRIPT, "--version"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.startswith("mrq-dashboard 1.0.0 (MRQ ")
+
+
+def test_list_plugins():
+    result = subprocess.run([SCRIPT, "--list-plugins"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "dashboard 1.0.0 [enabled] (mrq_dashboard.plugin)" in result.stdout
