@@ -21,8 +21,8 @@ would read as a MongoDB operator (a key or a text value starting with ``$``, a d
 scalar is expected) is refused with a ``ValueError`` naming it, and prefixes are matched by an escaped,
 anchored regular expression (no user regex reaches the server).
 
-Work is done per 1000 jobs: one ``update_many`` and one ``find`` in MongoDB, and a few Redis calls, for
-each batch.
+Work is done per 250 jobs: one ``update_many`` and one ``find`` in MongoDB, and a few Redis calls, for each
+batch.
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ from mrq.task import task_settings
 __all__ = ["build_query", "cancel_jobs", "requeue_jobs", "count_matching", "FILTER_KEYS", "action_statuses"]
 
 FILTER_KEYS = ("id", "queue", "status", "worker", "path", "exceptiontype", "params", "after", "before")
-_BATCH = 1000
+#: Jobs per batch (one update_many, one find and a few Redis calls each). Not more: some servers check an
+#: ``_id $in`` list against each document (SecantusDB: a batch of 1000 costs 7 times 5 batches of 200).
+_BATCH = 250
 _MAX_VALUES = 1000  # values per key: a filter is not a way to send a huge $in
 _MAX_TEXT = 1000    # characters per text value
 #: Statuses whose id may still be in a queue list (so a requeue checks the list before pushing).
@@ -201,7 +203,14 @@ def _combine(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _with_status(query: dict[str, Any], statuses: Iterable[str]) -> dict[str, Any]:
-    return _combine([query, {"status": {"$in": sorted(statuses)}}]) if query else {"status": {"$in": sorted(statuses)}}
+    """``query`` restricted to ``statuses``: its own status condition intersected (one field, which a planner
+    serves with an index, rather than an ``$and`` of two conditions on it)."""
+    allowed = sorted(statuses)
+    own = query.get("status")
+    if own is not None:
+        given = own["$in"] if isinstance(own, dict) else [own]
+        allowed = [s for s in allowed if s in given]
+    return {**query, "status": allowed[0] if len(allowed) == 1 else {"$in": allowed}}
 
 
 def action_statuses(filters: Mapping[str, Any], action: str) -> frozenset[str]:

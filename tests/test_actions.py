@@ -147,3 +147,15 @@ def test_run_as_a_task_only_jobs_queued_before_it_are_touched():
     finally:
         set_current_job(None)
     assert build_query({"queue": "q"}) == {"queue": "q"}
+
+
+def test_action_statuses_merge_with_the_filter(mrq_config):
+    """One status condition (served by an index), not an $and of two; and only statuses the action touches."""
+    from mrq.actions import _with_status
+
+    assert _with_status({"queue": "q", "status": "failed"}, {"failed", "success"}) == {"queue": "q", "status": "failed"}
+    assert _with_status({"status": {"$in": ["failed", "queued"]}}, {"queued", "started"}) == {"status": "queued"}
+    assert _with_status({"status": "success"}, {"queued"}) == {"status": {"$in": []}}
+    assert _with_status({}, {"b", "a"}) == {"status": {"$in": ["a", "b"]}}
+    queue_job(T + "Add", {"a": 1, "b": 1})
+    assert count_matching({"status": "success"}, "cancel") == 0 and count_matching({"status": "queued"}, "cancel") == 1

@@ -9,13 +9,16 @@ status, first found in that order; every status when the filter has none) is rea
 ``(<driver>, _id)`` indexes that the dashboard creates (:mod:`mrq_dashboard.indexes`): an index range, whose
 cost is the number of jobs of that window. A driver with several values (``status=failed,timeout``, a queue
 prefix expanded to the known queues) is one range per value. When the filter has more than the driver, the
-ids found are then checked against the whole query (``{"_id": {"$in": ids}, **query}``), so the result is
-exactly MongoDB's answer to the filter.
+documents of the window are checked against the rest of the query here (:func:`matches`, which evaluates
+the few operators :func:`mrq.actions.build_query` produces, with MongoDB's semantics): a second query by
+``_id $in`` would cost more on servers that check such a list against each document. The tests compare the
+result with MongoDB's own answer to the filter.
 """
 
 from __future__ import annotations
 
 import datetime
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -23,7 +26,7 @@ from bson import ObjectId
 from mrq import status as st
 from mrq.actions import build_query
 
-__all__ = ["list_jobs", "expand_prefixes", "expand_queue_prefixes", "DRIVERS", "WINDOWS", "INDEXED_WINDOWS"]
+__all__ = ["list_jobs", "matches", "expand_prefixes", "expand_queue_prefixes", "DRIVERS", "WINDOWS", "INDEXED_WINDOWS"]
 
 #: Filter keys that can drive the read, most selective first.
 DRIVERS = ("exceptiontype", "path", "worker", "queue", "status")
@@ -33,7 +36,6 @@ WINDOWS: tuple[float | None, ...] = (3600, 6 * 3600, 86400, 7 * 86400, 30 * 8640
 #: older jobs are then read by one plain query (the server scans: a filter on params alone cannot use an index).
 INDEXED_WINDOWS = 2
 _MAX_DRIVER_VALUES = 50
-_CHUNK = 1000
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -120,7 +122,7 @@ def list_jobs(collection: Any, filters: Mapping[str, Any], skip: int = 0, limit:
             id_range["$gte"] = lower
         if upper is not None:
             id_range["$lt"] = upper
-        found.extend(_window(collection, query, key, values, id_range, residual, projection, wanted - len(found)))
+        found.extend(_window(collection, query, key, values, id_range, residual, projection))
         if len(found) >= wanted or lower is None:
             break
         upper, upper_time = lower, upper_time - datetime.timedelta(seconds=width)
@@ -129,37 +131,94 @@ def list_jobs(collection: Any, filters: Mapping[str, Any], skip: int = 0, limit:
 
 
 def _window(collection: Any, query: dict[str, Any], key: str, values: list[Any], id_range: dict[str, Any],
-            residual: bool, projection: Any, wanted: int) -> list[dict[str, Any]]:
-    """The jobs of one id window matching the query, newest first (at least ``wanted`` if there are)."""
-    field = "_id" if key == "id" else key
-    if not residual:  # the driver is the whole filter: read the documents straight from its index
-        docs: list[dict[str, Any]] = []
-        for value in values:
-            cond: dict[str, Any] = {field: value}
-            if id_range:
-                cond["_id"] = id_range
-            docs.extend(collection.find(cond, projection))
-        docs.sort(key=lambda d: d["_id"], reverse=True)
-        return docs
-    ids: list[ObjectId] = []
+            residual: bool, projection: Any) -> list[dict[str, Any]]:
+    """The jobs of one id window matching the query, newest first."""
+    fields = projection
+    if residual and projection is not None:  # the fields the rest of the query looks at, too
+        fields = sorted(set(projection) | {k.split(".")[0] for k in _fields_of(query)})
+    docs: list[dict[str, Any]] = []
     for value in values:
-        cond = {field: value}
+        cond: dict[str, Any] = {key: value}
         if id_range:
             cond["_id"] = id_range
-        ids.extend(d["_id"] for d in collection.find(cond, {"_id": 1}))
-    ids.sort(reverse=True)
-    out: list[dict[str, Any]] = []
-    chunk = max(_CHUNK, wanted)
-    for start in range(0, len(ids), chunk):
-        # _id first: servers that plan clause by clause look the ids up, then check the rest of the query.
-        cond = {"_id": {"$in": ids[start:start + chunk]}}
-        if "_id" in query:
-            cond = {"$and": [cond, query]}
+        batch = collection.find(cond, fields)
+        docs.extend(d for d in batch if not residual or matches(d, query))
+    docs.sort(key=lambda d: d["_id"], reverse=True)
+    return docs
+
+
+def _fields_of(query: Mapping[str, Any]) -> set[str]:
+    out: set[str] = set()
+    for key, cond in query.items():
+        if key in ("$and", "$or"):
+            for part in cond:
+                out |= _fields_of(part)
         else:
-            cond.update(query)
-        batch = list(collection.find(cond, projection))
-        batch.sort(key=lambda d: d["_id"], reverse=True)
-        out.extend(batch)
-        if len(out) >= wanted:
-            break
+            out.add(key)
     return out
+
+
+def _values_at(doc: Any, parts: list[str]) -> list[Any]:
+    """Every value a MongoDB query sees at a dotted path: arrays are traversed, and an array also counts whole."""
+    if not parts:
+        return [doc]
+    if isinstance(doc, list):
+        return [v for item in doc for v in _values_at(item, parts)]
+    if not isinstance(doc, Mapping) or parts[0] not in doc:
+        return []
+    value = doc[parts[0]]
+    found = _values_at(value, parts[1:])
+    if not parts[1:] and isinstance(value, list):
+        found = [value, *value]
+    return found
+
+
+def _equal(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):  # BSON: true is not 1
+        return type(a) is type(b) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    return type(a) is type(b) and a == b
+
+
+def _compare(a: Any, b: Any, op: str) -> bool:
+    comparable = (isinstance(a, datetime.datetime) and isinstance(b, datetime.datetime)) or (
+        isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool)) or (
+        isinstance(a, str) and isinstance(b, str)) or (type(a) is type(b) and type(a).__name__ == "ObjectId")
+    if not comparable:
+        return False
+    return {"$gt": a > b, "$gte": a >= b, "$lt": a < b, "$lte": a <= b}[op]
+
+
+def _condition(values: list[Any], cond: Any) -> bool:
+    if isinstance(cond, Mapping) and cond and all(str(k).startswith("$") for k in cond):
+        for op, arg in cond.items():
+            if op == "$in":
+                ok = any(_equal(v, a) for v in values for a in arg) or (not values and None in arg)
+            elif op == "$regex":
+                ok = any(isinstance(v, str) and re.search(arg, v) is not None for v in values)
+            elif op in ("$gt", "$gte", "$lt", "$lte"):
+                ok = any(_compare(v, arg, op) for v in values)
+            else:
+                raise ValueError(f"Operator {op} is not evaluated here (not produced by mrq.actions.build_query).")
+            if not ok:
+                return False
+        return True
+    if cond is None:
+        return not values or any(v is None for v in values)
+    return any(_equal(v, cond) for v in values)
+
+
+def matches(doc: Mapping[str, Any], query: Mapping[str, Any]) -> bool:
+    """Whether ``doc`` matches ``query``, for the queries of :func:`mrq.actions.build_query` (equality,
+    ``$in``, anchored ``$regex``, ``$gte``/``$lt``..., ``$or``, ``$and``; dotted paths through arrays)."""
+    for key, cond in query.items():
+        if key == "$and":
+            if not all(matches(doc, part) for part in cond):
+                return False
+        elif key == "$or":
+            if not any(matches(doc, part) for part in cond):
+                return False
+        elif not _condition(_values_at(doc, key.split(".")), cond):
+            return False
+    return True

@@ -89,3 +89,26 @@ def test_expand_queue_prefixes():
     assert expanded == {"queue": ["crawl/a", "crawl/b"]}
     assert expand_queue_prefixes({"queue": ["low", "x/"]}, ["low"]) == {"queue": ["low", "x/"]}   # unknown: kept
     assert expand_queue_prefixes({"status": "failed"}, []) == {"status": "failed"}
+
+
+def test_matches_agrees_with_the_server_on_tricky_documents(mrq_config):
+    """Arrays, booleans against numbers, null against missing, numbers of both kinds, nested keys, dates."""
+    from mrq.actions import build_query
+
+    from mrq_dashboard.jobquery import matches
+
+    collection = connections.mongodb_jobs["tricky"]
+    docs = [{"params": {"n": 1}}, {"params": {"n": 1.0}}, {"params": {"n": True}}, {"params": {"n": [1, 2]}},
+            {"params": {"n": [[1], 3]}}, {"params": {"n": None}}, {"params": {}}, {"params": {"n": "1"}},
+            {"params": {"a": {"b": "x"}}}, {"params": {"a": [{"b": "x"}, {"b": "y"}]}},
+            {"path": "tasks.io.Fetch", "queue": "crawl/a", "dateupdated": NOW},
+            {"path": "tasks.iox.Fetch", "queue": "crawl", "dateupdated": NOW - dt.timedelta(days=1)}]
+    collection.insert_many(docs)
+    filters = [{"params": {"n": 1}}, {"params": {"n": True}}, {"params": {"n": None}}, {"params": {"n": "1"}},
+               {"params": {"n": 2}}, {"params": {"a.b": "y"}}, {"params": {"a.b": None}}, {"path": "tasks.io.*"},
+               {"queue": ["crawl/", "crawl"]}, {"after": (NOW - dt.timedelta(hours=1)).isoformat()},
+               {"before": NOW.isoformat(), "queue": "crawl"}, {"path": ["x*", "tasks.iox.Fetch"], "queue": "crawl/"}]
+    for filters_ in filters:
+        query = build_query(filters_)
+        expected = {d["_id"] for d in collection.find(query)}
+        assert {d["_id"] for d in collection.find() if matches(d, query)} == expected, filters_
