@@ -160,7 +160,7 @@ def create_app(config: Mapping[str, Any]) -> Flask:
 
     # ------------------------------------------------------------------ pages
     def render(page: str, title: str, **context: Any) -> str:
-        return render_template(f"{page}.html" if page != "plugin_page" else "plugin_page.html", page=page,
+        return render_template(f"{page}.html", page=page,
                                title=title, pages=PAGES, plugin_pages=[(n, str(p.get("title") or n))
                                                                      for n, p in sorted(_pages().items())],
                                readonly=readonly, version=__version__,

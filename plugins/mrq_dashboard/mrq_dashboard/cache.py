@@ -70,6 +70,10 @@ class SharedCache:
             current = self._values.get(key)
             return current if current is not None else self._compute(key, compute)
 
+    def peek(self, key: str) -> Cached | None:
+        """The current value, however old, or ``None``: never computes (for optional uses such as estimates)."""
+        return self._values.get(key)
+
     def _refresh_in_background(self, key: str, compute: Callable[[], Any]) -> None:
         with self._guard:
             if key in self._refreshing:

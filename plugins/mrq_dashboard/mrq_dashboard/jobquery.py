@@ -67,7 +67,10 @@ def expand_queue_prefixes(filters: Mapping[str, Any], known_queues: Iterable[str
     return expand_prefixes(filters, "queue", known_queues)
 
 
-def _driver(filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
+def _driver(filters: Mapping[str, Any], estimates: Mapping[str, float] | None = None) -> tuple[str, list[Any]]:
+    """The equality that drives the read: the one with the fewest jobs when ``estimates`` (jobs per filter key,
+    from the cached counts) say, else the first of :data:`DRIVERS` in the filter."""
+    candidates: list[tuple[str, list[Any]]] = []
     for key in DRIVERS:
         value = filters.get(key)
         if value in (None, "", []):
@@ -79,8 +82,13 @@ def _driver(filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
             continue
         if key == "worker":
             values = [ObjectId(v) if not isinstance(v, ObjectId) else v for v in values]
-        return key, values
-    return "status", sorted(st.ALL_STATUSES)
+        candidates.append((key, values))
+    if not candidates:
+        return "status", sorted(st.ALL_STATUSES)
+    if estimates:
+        order = {key: i for i, key in enumerate(DRIVERS)}
+        return min(candidates, key=lambda c: (estimates.get(c[0], float("inf")), order[c[0]]))
+    return candidates[0]
 
 
 def _id_at(when: datetime.datetime) -> ObjectId:
@@ -89,11 +97,13 @@ def _id_at(when: datetime.datetime) -> ObjectId:
 
 def list_jobs(collection: Any, filters: Mapping[str, Any], skip: int = 0, limit: int = 50,
               before: ObjectId | None = None, projection: Sequence[str] | Mapping[str, Any] | None = None,
-              now: datetime.datetime | None = None) -> tuple[list[dict[str, Any]], bool]:
+              now: datetime.datetime | None = None,
+              estimates: Mapping[str, float] | None = None) -> tuple[list[dict[str, Any]], bool]:
     """Jobs matching ``filters``, newest first: ``(documents[skip:skip + limit], more)``.
 
     :param before: only jobs with a smaller id (a cursor: the last id of the previous page).
     :param projection: fields to return (default: all).
+    :param estimates: how many jobs each filter key matches (from cached counts), to read by the most selective.
     :raises ValueError: a bad filter (from :func:`mrq.actions.build_query`).
     """
     query = build_query(filters)
@@ -104,7 +114,7 @@ def list_jobs(collection: Any, filters: Mapping[str, Any], skip: int = 0, limit:
             cond = {"$and": [query, {"_id": {"$lt": before}}]}
         docs = list(collection.find(cond, projection).sort("_id", -1).skip(skip).limit(limit + 1))
         return docs[:limit], len(docs) > limit
-    key, values = _driver(filters)
+    key, values = _driver(filters, estimates)
     residual = any(filters.get(k) not in (None, "", []) for k in filters if k != key)
     no_driver = key == "status" and not filters.get("status")
     now = now or datetime.datetime.now(datetime.UTC).replace(tzinfo=None)

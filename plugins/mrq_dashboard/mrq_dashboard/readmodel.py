@@ -136,7 +136,8 @@ class ReadModel:
         page = names[skip:skip + limit]
         sizes = broker.sizes(page) if page else {}
         paused = broker.paused()
-        workers = [d for d in self._worker_docs() if d.get("status") != "stop"]
+        docs = self._worker_docs()
+        workers = [d for d in docs if d.get("status") != "stop"]
         alive = self._alive(workers)
         rate: dict[str, float] = defaultdict(float)
         for doc in workers:
@@ -156,7 +157,7 @@ class ReadModel:
                          "paused": q in paused or (root is not None and root in paused),
                          "counts": counts["by_queue"].get(q, {}), "jobs_per_second": jobs_per_second,
                          "eta_seconds": round(size / jobs_per_second) if size and jobs_per_second else None})
-        history = merge((d.get("history") for d in self._worker_docs()), minutes=60)
+        history = merge((d.get("history") for d in docs), minutes=60)
         return {"queues": rows, "skip": skip, "limit": limit, "more": len(names) > skip + limit,
                 "paused": sorted(paused), "history": {"start": history["start"], "queues": history["queues"]},
                 "counts": meta}
@@ -167,6 +168,7 @@ class ReadModel:
         docs = docs[:limit]
         alive = self._alive(docs)
         now = time.time()
+        hour_start = int(now // 60 * 60) - 60 * 59
         rows = []
         for d in docs:
             history = d.get("history") or {}
@@ -184,8 +186,8 @@ class ReadModel:
                 "rss_mb": ((d.get("process") or {}).get("mem") or {}).get("rss"),
                 "done": (d.get("counters") or {}).get("done", 0),
                 "jobs": d.get("jobs") or [],
-                "history": {"start": history.get("start"), "rss": (history.get("rss") or [])[-60:],
-                            "cpu": (history.get("cpu") or [])[-60:]},
+                "history": {"start": hour_start, "rss": _sum_series([(history.get("start"), history.get("rss"))]),
+                            "cpu": _sum_series([(history.get("start"), history.get("cpu"))])},
             })
         return {"workers": rows, "skip": skip, "limit": limit, "more": more}
 
@@ -238,7 +240,8 @@ class ReadModel:
             filters = expand_prefixes(filters, "exceptiontype", {r["exceptiontype"] for r in self.failures()[0]})
         fields = _projection(LIST_FIELDS + [c["field"] for c in columns if c.get("field")])
         docs, more = list_jobs(self.db[JOBS], filters, skip=skip, limit=limit,
-                               before=_oid(before, "cursor") if before else None, projection=fields)
+                               before=_oid(before, "cursor") if before else None, projection=fields,
+                               estimates=self._estimates(filters))
         rows = []
         for d in docs:
             params_text = json.dumps(d.get("params"), default=str, sort_keys=True)
@@ -249,6 +252,22 @@ class ReadModel:
             rows.append(row)
         return {"jobs": rows, "skip": skip, "limit": limit, "more": more,
                 "next_before": rows[-1]["id"] if rows and more else None}
+
+    def _estimates(self, filters: Mapping[str, Any]) -> dict[str, float]:
+        """Jobs matched by each filter key alone, from the counts already cached (never computed here)."""
+        cached = self.cache.peek("counts")
+        if cached is None:
+            return {}
+        counts, out = cached.value, {}
+        for key, table in (("status", {s: {"": n} for s, n in counts["by_status"].items()}),
+                           ("queue", counts["by_queue"]), ("path", counts["by_path"])):
+            if filters.get(key):
+                out[key] = sum(sum((table.get(v) or {}).values()) for v in _listed(filters[key]))
+        failures = self.cache.peek("failures")
+        if failures is not None and filters.get("exceptiontype"):
+            values = _listed(filters["exceptiontype"])
+            out["exceptiontype"] = sum(r["count"] for r in failures.value if r["exceptiontype"] in values)
+        return out
 
     def job(self, job_id: str) -> dict[str, Any]:
         oid = _oid(job_id)
@@ -285,6 +304,10 @@ class ReadModel:
                 "cursor": docs[-1]["_id"] if docs else cursor, "more": more}
 
 
+def _listed(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 def _has_wildcard(value: Any) -> bool:
     values = value if isinstance(value, (list, tuple)) else [value]
     return any(isinstance(v, str) and v.endswith("*") for v in values)
@@ -316,15 +339,15 @@ def _last(values: Any) -> Any:
     return None
 
 
-def _sum_series(series: Any, minutes: int = 60) -> list[int | None]:
+def _sum_series(series: Any, minutes: int = 60) -> list[float | None]:
     """Per-minute sums of several workers' ``(start, values)`` series over the last hour (``None``: no sample)."""
     start = int(time.time() // 60 * 60) - 60 * (minutes - 1)
-    out: list[int | None] = [None] * minutes
+    out: list[float | None] = [None] * minutes
     for first, values in series:
         for i, value in enumerate(values or []):
             slot = (int(first or 0) + 60 * i - start) // 60
             if 0 <= slot < minutes and value is not None:
-                out[slot] = (out[slot] or 0) + int(value)
+                out[slot] = (out[slot] or 0) + value
     return out
 
 
