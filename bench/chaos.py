@@ -76,8 +76,8 @@ def worker_pids(front: int) -> list[int]:
     return sorted(out)
 
 
-def final_count(uri: str, n: int) -> int:
-    """Jobs in a final status (0 while MongoDB does not answer)."""
+def final_count(uri: str, n: int) -> int | None:
+    """Jobs in a final status (``None`` while MongoDB does not answer)."""
     import pymongo
 
     from mrq import status as st
@@ -88,7 +88,7 @@ def final_count(uri: str, n: int) -> int:
         return int(client.get_default_database()["mrq_jobs"].count_documents(
             {"status": {"$in": sorted(st.FINAL_STATUSES)}}))
     except pymongo.errors.PyMongoError:
-        return 0
+        return None
     finally:
         client.close()
 
@@ -113,14 +113,16 @@ def analyse(record: str, n: int, events: list[dict[str, Any]]) -> dict[str, Any]
     for job_runs in runs.values():
         for run, following in zip(job_runs, job_runs[1:], strict=False):
             pid, start, end = run["pid"], run["start"], run["end"]
+            # A Redis data loss between this run and the next: the rebuild of the queues pushed it again.
+            lost_meanwhile = any((end or start) - 1 <= t <= following["start"] for t in losses)
             if end is None and pid in killed:
                 causes["running when its worker was SIGKILLed"] += 1
             elif end is None and pid in termed:
                 causes["running when its worker was SIGTERMed (interrupted, requeued)"] += 1
-            elif end is not None and pid in killed and killed[pid] >= end:
-                causes["finished, status not yet stored when its worker was SIGKILLed"] += 1
-            elif any(start - 1 <= t <= following["start"] for t in losses):
+            elif lost_meanwhile:
                 causes["Redis lost its data meanwhile (queues rebuilt)"] += 1
+            elif end is not None and pid in killed and end <= killed[pid] <= following["start"]:
+                causes["finished, status not yet stored when its worker was SIGKILLed"] += 1
             else:
                 causes["other (a requeue racing the job)"] += 1
     ran = sum(1 for i in range(n) if runs.get(i))
@@ -137,18 +139,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=3, help="worker processes (default 3)")
     parser.add_argument("--greenlets", type=int, default=20, help="greenlets per worker (default 20)")
     parser.add_argument("--timeout", type=float, default=0, help="give up after this many seconds "
-                        "(default: duration + 300)")
+                        "(default: duration + 600)")
+    parser.add_argument("--faults", default=",".join(EVENTS), help="kinds of faults to draw from, comma-separated "
+                        f"(default: all: {','.join(EVENTS)})")
     parser.add_argument("--json", default="", help="write the figures to this file")
     args = parser.parse_args(argv)
     if args.n <= 0 or args.duration < 0 or args.processes <= 0 or args.greenlets <= 0:
         parser.error("--n, --processes and --greenlets must be positive, --duration >= 0")
-    timeout = args.timeout or args.duration + 300
+    faults = [f.strip() for f in args.faults.split(",") if f.strip()]
+    if not faults or set(faults) - set(EVENTS):
+        parser.error(f"--faults: choose among {', '.join(EVENTS)}")
+    timeout = args.timeout or args.duration + 600
 
     from mrq.servers import MongoServer, RedisServer
 
     rng = random.Random(args.seed)
     count = args.events or max(1, int(args.duration / 5))
-    kinds = [k for k, w in EVENTS.items() for _ in range(w)]
+    kinds = [k for k, w in EVENTS.items() if k in faults for _ in range(w)]
     schedule = sorted(rng.uniform(2, max(3.0, args.duration)) for _ in range(count))
     plan = [(t, rng.choice(kinds), rng.random(), rng.uniform(2, 5)) for t in schedule]
 
@@ -176,13 +183,13 @@ def main(argv: list[str] | None = None) -> int:
             front = subprocess.Popen([sys.executable, "-m", "mrq.cli", "worker", "--processes", str(args.processes),
                                       "--greenlets", str(args.greenlets), "--plugins", "cleaning", "default"],
                                      cwd=HERE, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        t0 = time.time()
+        t0 = mongo_started = time.time()
         log(f"chaos: {args.n} jobs, {args.processes} x {args.greenlets} greenlets, {len(plan)} faults planned "
             f"(seed {args.seed}); logs in {workdir}")
         for at, kind, pick, pause in plan:
             while time.time() - t0 < at:
                 time.sleep(0.2)
-            if final_count(uri, args.n) >= args.n:
+            if (final_count(uri, args.n) or 0) >= args.n:
                 break
             event: dict[str, Any] = {"kind": kind, "t": time.time()}
             if kind in ("kill", "term"):
@@ -195,25 +202,49 @@ def main(argv: list[str] | None = None) -> int:
                 redis_server.stop()
                 redis_server.start()
             elif kind == "mongo_restart":
-                mongo_server.stop()
+                # A graceful restart (SIGTERM): given time to shut down cleanly, as a real one would, so that the
+                # test server does not lose acknowledged writes (a SIGKILL of SecantusDB loses its unflushed ones).
+                t_stop = time.time()
+                mongo_server.stop(timeout=120)
+                event["stop_s"] = round(time.time() - t_stop, 1)
                 mongo_server.start()
+                mongo_started = time.time()
             else:
                 server = redis_server if kind == "redis_freeze" else mongo_server
+                if server is mongo_server and time.time() - mongo_started < 15:
+                    continue  # SecantusDB stopped while it is still starting up may never answer again
                 assert server.pid is not None
                 os.kill(server.pid, signal.SIGSTOP)
                 time.sleep(pause)
                 os.kill(server.pid, signal.SIGCONT)
                 event["seconds"] = round(pause, 1)
             events.append(event)
-            log(f"chaos: {time.time() - t0:6.1f}s {kind} {event.get('pid', '')}")
+            log(f"chaos: {time.time() - t0:6.1f}s {kind} {event.get('pid', '')}{event.get('stop_s', '')}")
         deadline = started + timeout
-        done = 0
+        done: int | None = 0
+        silent_since = None
         while time.time() < deadline:
             done = final_count(uri, args.n)
-            if done >= args.n:
+            if done is not None and done >= args.n:
                 break
+            if done is None:
+                silent_since = silent_since or time.time()
+                if time.time() - silent_since > 60:  # the test server hung (it happens to SecantusDB): restart it
+                    log("chaos: MongoDB has not answered for 60 s: restarting it (a fault of the test server)")
+                    events.append({"kind": "mongo_hung_restart", "t": time.time()})
+                    mongo_server.stop(timeout=30)
+                    mongo_server.start()
+                    silent_since = None
+            else:
+                silent_since = None
             time.sleep(1)
         wall = time.time() - started
+        if done is None or done < args.n:  # keep what tells why
+            for name, server in (("redis", redis_server), ("mongodb", mongo_server)):
+                with open(os.path.join(workdir, f"{name}.log"), "w") as f:
+                    f.write(server.log_tail(20_000))
+            log(f"chaos: not finished after {timeout:.0f} s ({'MongoDB does not answer' if done is None else done} "
+                f"final); server logs kept in {workdir}")
     finally:
         if front is not None and front.poll() is None:
             front.send_signal(signal.SIGINT)
@@ -227,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         redis_server.cleanup()
         mongo_server.cleanup()
     figures = analyse(record, args.n, events)
-    figures.update(jobs=args.n, events=len(events), not_final=args.n - done, wall_s=round(wall, 1), seed=args.seed,
+    figures.update(jobs=args.n, events=len(events), not_final=args.n - (done or 0), wall_s=round(wall, 1),
+                   seed=args.seed, mongodb_answered=done is not None,
                    event_counts=dict(collections.Counter(e["kind"] for e in events)))
     kinds_text = " ".join(f"{k}={v}" for k, v in sorted(figures["event_counts"].items()))
     print(f"chaos: jobs={args.n} events={len(events)} ({kinds_text}) lost={figures['lost']} "

@@ -10,6 +10,7 @@ Cluster. Keys:
 ``{p}:n:<queue>``              list    wake-up tokens for idle workers (BLPOP), trimmed to 10
 ``{p}:queues``                 set     queues with ids waiting or delayed (an emptied queue is forgotten)
 ``{p}:inflight``               hash    job id -> "<worker id> <unix time> <queue>"
+``{p}:done``                   hash    job id -> its end (BSON) while its status is being stored
 ``{p}:hb:<worker id>``         string  worker heartbeat, expires after ``--heartbeat_ttl``
 ``{p}:kill:<worker id>``       set     ids of running jobs to stop (cancel)
 ``{p}:paused``                 set     paused queues (``q/`` pauses every ``q/...``)
@@ -496,6 +497,7 @@ class Broker:
         pipe = self.redis.pipeline(transaction=True)
         if batch.done:
             pipe.hdel(self.inflight_key, *batch.done)
+            pipe.hdel(self.key("done"), *batch.done)
         for queue, job_id, due in batch.delayed:
             pipe.zadd(self.delayed_key(queue), {job_id: due})
             pipe.sadd(self.key("queues"), queue)
@@ -515,6 +517,21 @@ class Broker:
             for path, _ in batch.release:
                 released[path] = released.get(path, 0) + 1
             self.wake_waiters(released)
+
+    # -- end marks: a job's end, known in Redis before its status is stored
+    def mark_done(self, marks: Mapping[str, bytes]) -> None:
+        """Record the ends of jobs whose status is not stored yet (``{job id: encoded end}``, see
+        :mod:`mrq.recovery`): if their worker dies before storing them, the end is stored instead of the job
+        being run again. Dropped with the job's acknowledgement."""
+        if marks:
+            self.redis.hset(self.key("done"), mapping=dict(marks))
+
+    def done_marks(self, job_ids: Sequence[str]) -> dict[str, bytes]:
+        """The end marks of these jobs, for those that have one."""
+        if not job_ids:
+            return {}
+        values = self.redis.hmget(self.key("done"), list(job_ids))
+        return {i: v for i, v in zip(job_ids, values, strict=True) if v is not None}
 
     # -- in-flight records and workers
     def inflight(self, worker_id: str | None = None) -> list[InFlight]:

@@ -89,10 +89,12 @@ def _parse_params(args: Sequence[str]) -> dict[str, Any]:
         try:
             params = json.loads(args[0])
         except json.JSONDecodeError as exc:
-            raise InvalidParams(f"Params {args[0]!r} are not valid JSON ({exc}); pass one JSON object like "
+            raise InvalidParams(f"Params {args[0]!r:.200} are not valid JSON ({exc}); pass one JSON object like "
                                 "'{\"a\": 1}', or key value pairs.") from None
+        except RecursionError:
+            raise InvalidParams(f"Params {args[0]!r:.200} are nested too deeply to read; flatten them.") from None
         if not isinstance(params, dict):
-            raise InvalidParams(f"Params must be a JSON object, not {type(params).__name__}: {args[0]}")
+            raise InvalidParams(f"Params must be a JSON object, not {type(params).__name__}: {args[0]:.200}")
         return params
     if len(args) % 2:
         raise InvalidParams("Params given as key value pairs need an even number of arguments.")

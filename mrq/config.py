@@ -41,13 +41,29 @@ def parse_bool(value: Any) -> bool:
 
 def _parse_list(value: Any) -> list[str]:
     if isinstance(value, (list, tuple)):
-        return [str(v) for v in value]
+        bad = [v for v in value if isinstance(v, bool) or not isinstance(v, (str, int, float))]
+        if bad:
+            raise TypeError(f"its items are names, not {type(bad[0]).__name__} {bad[0]!r}")
+        return [str(v).strip() for v in value if str(v).strip()]
     return [v for v in str(value).replace(",", " ").split() if v]
 
 
 _CASTS: dict[type, Callable[[Any], Any]] = {
     bool: parse_bool, int: int, float: float, str: str, list: _parse_list,
 }
+
+#: Largest value of a number option: ints fit MongoDB's int64 (and a C long), floats (seconds, mostly) keep
+#: ``now + timedelta(seconds=x)`` a valid date. Every number option is >= 0.
+_MAX_NUMBER: dict[type, int | float] = {int: 2**63 - 1, float: 1e10}
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether ``text`` can be sent to Redis and MongoDB (no lone surrogate from an undecodable byte)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -79,11 +95,20 @@ class Option:
         """Convert ``value`` read from ``source`` to this option's type, or raise ConfigError."""
         try:
             result = _CASTS[self.type](value)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int(float("inf")) from a file
             raise ConfigError(
                 f"Bad value for option {self.name!r} from {source}: {value!r} is not a valid "
                 f"{self.type.__name__} ({exc}). Fix it there, or see `--help` for the expected form."
             ) from None
+        if self.type in (int, float) and not 0 <= result <= _MAX_NUMBER[self.type]:  # NaN fails too
+            raise ConfigError(
+                f"Bad value for option {self.name!r} from {source}: {value!r} is out of range: use a number from 0 "
+                f"to {_MAX_NUMBER[self.type]:g}.")
+        for text in (result if self.type is list else [result] if self.type is str else []):
+            if not _is_utf8(text):
+                raise ConfigError(
+                    f"Bad value for option {self.name!r} from {source}: {text!r} is not valid UTF-8 text (an "
+                    "undecodable byte in the environment or on the command line?). Fix it there.")
         if self.choices is not None and result not in self.choices and isinstance(result, str):
             result = next((c for c in self.choices if str(c).lower() == result.lower()), result)
         if self.choices is not None and result not in self.choices:
@@ -103,6 +128,21 @@ class Option:
         return "MRQ_" + self.name.upper()
 
 
+def _at_least(minimum: float) -> Callable[[Any], None]:
+    """A check refusing values below ``minimum`` (an interval of 0 would be a busy loop)."""
+    def check(value: Any) -> None:
+        if value < minimum:
+            raise ValueError(f"use at least {minimum:g}")
+    return check
+
+
+def _between(low: float, high: float) -> Callable[[Any], None]:
+    def check(value: Any) -> None:
+        if not low <= value <= high:
+            raise ValueError(f"use a value from {low:g} to {high:g}")
+    return check
+
+
 def _check_log_format(value: str) -> None:
     logging.Formatter(value, validate=True)  # ValueError on '%(foo' or a format with no field
     try:
@@ -112,13 +152,21 @@ def _check_log_format(value: str) -> None:
                          "as %(asctime)s, %(levelname)s, %(name)s and %(message)s") from None
 
 
+def _check_redis_prefix(value: str) -> None:
+    # The prefix is the Redis Cluster hash tag of every key ("{prefix}:..."): a brace or an empty prefix would
+    # end the tag early or make it empty, and Redis would then hash each whole key to a slot of its own.
+    if not value or "{" in value or "}" in value:
+        raise ValueError("use a non-empty prefix without '{' or '}' (it is the hash tag of every key MRQ writes)")
+
+
 OPTIONS: tuple[Option, ...] = (
     # -- connections
     Option("redis", str, "redis://127.0.0.1:6379/0",
            "Redis URI: redis://[:password@]host:port/db, rediss:// for TLS, "
            "redis+sentinel://[:password@]host:port[,host:port]/service/db for Sentinel, "
            "redis+cluster://[:password@]host:port[,host:port] for a Redis Cluster (rediss+cluster:// for TLS)."),
-    Option("redis_prefix", str, "mrq", "Prefix (and Cluster hash tag) of every Redis key MRQ writes."),
+    Option("redis_prefix", str, "mrq", "Prefix (and Cluster hash tag) of every Redis key MRQ writes.",
+           check=_check_redis_prefix),
     Option("redis_max_connections", int, 1000, "Size of the Redis connection pool of a process."),
     Option("mongodb_jobs", str, "mongodb://127.0.0.1:27017/mrq",
            "MongoDB URI of the jobs database (the database name comes from the URI path).",
@@ -168,17 +216,18 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_memory", int, 0, "Stop gracefully when the process uses more MB than this (0 = no limit).",
            commands=("worker",)),
     Option("report_interval", float, 10.0, "Seconds between worker reports in mrq_workers.",
-           commands=("worker",)),
+           commands=("worker",), check=_at_least(0.1)),
     Option("flush_interval", float, 0.2,
-           "Seconds between batched writes of job statuses and logs to MongoDB.", commands=("worker",)),
+           "Seconds between batched writes of job statuses and logs to MongoDB.", commands=("worker",),
+           check=_at_least(0.001)),
     Option("heartbeat_interval", float, 1.0,
            "Seconds between worker heartbeats in Redis (also how often kill requests are read).",
-           commands=("worker",)),
+           commands=("worker",), check=_at_least(0.01)),
     Option("heartbeat_ttl", float, 10.0, "Seconds after the last heartbeat before a worker counts as dead.",
-           commands=("worker",)),
+           commands=("worker",), check=_at_least(0.1)),
     Option("max_latency", float, 1.0,
-           "Longest wait (s) of an idle worker's blocking pop; bounds how late delayed jobs start.",
-           commands=("worker",)),
+           "Longest wait (s) of an idle worker's blocking pop; bounds how late delayed jobs start (at most 50: "
+           "a Redis reply may take 60 s).", commands=("worker",), check=_between(0.01, 50)),
     Option("dequeue_strategy", str, "sequential",
            "sequential: strict queue priority; parallel: share slots across queues; burst: sequential, "
            "and exit when the queues are empty.", commands=("worker",),
@@ -418,7 +467,13 @@ def get_config(command: str = COMMON, argv: Sequence[str] | None = None,
     from mrq.raw import check_raw_queues
     config["raw_queues"] = check_raw_queues(config.get("raw_queues"))
     if command == "worker":
+        from mrq.exceptions import InvalidParams
+        from mrq.queue import check_queue_name
         for queue in config.get("queues") or []:
+            try:
+                check_queue_name(queue)
+            except InvalidParams as exc:
+                raise ConfigError(f"Bad value for option 'queues' ({config.sources.get('queues')}): {exc}") from None
             if queue_kind(queue) != "r" and queue.split("/", 1)[0] not in config["raw_queues"]:
                 raise ConfigError(f"Queue {queue!r} is a raw queue (by its name) but RAW_QUEUES has no entry "
                                   f"{queue.split('/', 1)[0]!r}: add one with a job_factory in mrq-config.py.")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -23,7 +24,7 @@ import pymongo
 import redis
 from pymongo import monitoring
 from pymongo.database import Database
-from pymongo.errors import ConfigurationError, InvalidURI
+from pymongo.errors import PyMongoError
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.exceptions import ClusterDownError, RedisClusterException, SlotNotCoveredError
@@ -74,8 +75,15 @@ def _backoff() -> ExponentialBackoff:
     return ExponentialBackoff(cap=1.0, base=0.05)
 
 
+#: Seconds a Redis or MongoDB reply may take before the client gives up (and MRQ retries): a server that
+#: stopped answering (a frozen process, a network that drops packets) must not block a worker forever.
+#: A ``socket_timeout`` / ``socketTimeoutMS`` in the URI wins.
+SOCKET_TIMEOUT = 60.0
+
+
 def _client_options(max_connections: int) -> dict[str, Any]:
     return {"max_connections": max_connections, "socket_keepalive": True, "health_check_interval": 30,
+            "socket_timeout": SOCKET_TIMEOUT,
             "retry": Retry(_backoff(), retries=_RETRIES),
             "retry_on_error": [redis.ConnectionError, redis.TimeoutError]}
 
@@ -87,22 +95,25 @@ def make_redis(uri: str, option: str = "redis", max_connections: int = 1000) -> 
     URIs (see :func:`make_sentinel_redis`) give a client of the master that a Sentinel names;
     ``redis+cluster://`` URIs (see :func:`make_cluster_redis`) a Redis Cluster client.
     """
-    parsed = urlparse(uri)
-    if parsed.scheme in SENTINEL_SCHEMES:
+    scheme = uri.partition("://")[0] if isinstance(uri, str) and "://" in uri else ""
+    if scheme in SENTINEL_SCHEMES:
         return make_sentinel_redis(uri, option, max_connections)
-    if parsed.scheme in CLUSTER_SCHEMES:
+    if scheme in CLUSTER_SCHEMES:
         return make_cluster_redis(uri, option, max_connections)
-    if parsed.scheme not in {"redis", "rediss", "unix"}:
+    if scheme not in {"redis", "rediss", "unix"}:
         raise ConnectionsError(
             f"--{option} {uri!r} is not a Redis URI: use redis://[:password@]host:port/db, "
             "rediss://... for TLS, unix:///path/to/socket, "
             "redis+sentinel://[:password@]host:port[,host:port...]/service_name/db or "
             "redis+cluster://[:password@]host:port[,host:port...].")
     try:
+        if scheme != "unix":
+            urlparse(uri).port  # noqa: B018 - ValueError for a port that is not a number in 0-65535
         client = redis.Redis.from_url(uri, **_client_options(max_connections))
-    except ValueError as exc:
+        pool = client.connection_pool
+        pool.connection_class(**pool.connection_kwargs)  # an unknown ?option: TypeError now, not at first use
+    except (ValueError, TypeError, redis.RedisError) as exc:  # a malformed address, option or value
         raise ConnectionsError(f"--{option} {uri!r} is not a valid Redis URI: {exc}") from None
-    pool = client.connection_pool
     pool.connection_class = _counting(pool.connection_class)
     return client
 
@@ -120,13 +131,9 @@ def _split_hosts(uri: str, default_port: int, bad: Any) -> tuple[str, list[tuple
             host, port = item.strip(), str(default_port)
         if not host:
             raise bad("a server address is empty")
-        try:
-            number = int(port)
-        except ValueError:
-            raise bad(f"port {port!r} of {item!r} is not a number") from None
-        if not 0 < number < 65536:
-            raise bad(f"port {number} of {item!r} is not between 1 and 65535")
-        out.append((host.strip("[]"), number))
+        if not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+            raise bad(f"port {port!r} of {item!r} is not a number from 1 to 65535")
+        out.append((host.strip("[]"), int(port)))
     return scheme, out, path, userinfo, query
 
 
@@ -149,6 +156,8 @@ def parse_sentinel_uri(uri: str, option: str = "redis") -> dict[str, Any]:
             f"--{option} {uri!r} is not a valid Sentinel URI ({why}); expected "
             "redis+sentinel://[:password@]host:port[,host:port...]/service_name[/db][?sentinel_password=...].")
 
+    if not isinstance(uri, str) or uri.partition("://")[0] not in SENTINEL_SCHEMES:
+        raise bad("the scheme is redis+sentinel:// or rediss+sentinel://")
     scheme, sentinels, path, userinfo, query = _split_hosts(uri, 26379, bad)
     username, password = _user_password(userinfo)
     parts = [p for p in path.split("/") if p]
@@ -167,7 +176,14 @@ def parse_sentinel_uri(uri: str, option: str = "redis") -> dict[str, Any]:
         sentinel_kwargs["password"] = params["sentinel_password"]
     if params.get("sentinel_username"):
         sentinel_kwargs["username"] = params["sentinel_username"]
-    timeout = float(params["socket_timeout"]) if params.get("socket_timeout") else None
+    timeout = None
+    if params.get("socket_timeout"):
+        try:
+            timeout = float(params["socket_timeout"])
+        except ValueError:
+            timeout = float("nan")
+        if not 0 < timeout < 1e6:  # NaN too
+            raise bad(f"socket_timeout {params['socket_timeout']!r} is not a number of seconds > 0")
     if timeout:
         sentinel_kwargs["socket_timeout"] = timeout
     return {"sentinels": sentinels, "service": unquote(parts[0]), "db": db,
@@ -370,15 +386,20 @@ def make_mongodb(uri: str, option: str = "mongodb_jobs") -> Database:
     if not isinstance(uri, str) or not uri.startswith(("mongodb://", "mongodb+srv://")):
         raise ConnectionsError(f"--{option} {uri!r} is not a valid MongoDB URI; expected "
                                "mongodb://host:port/database[?options] or mongodb+srv://...")
+    client: pymongo.MongoClient | None = None
     try:
-        client: pymongo.MongoClient = pymongo.MongoClient(
-            uri, event_listeners=[_CommandCounter()], tz_aware=False, connect=False)
-    except (InvalidURI, ConfigurationError, ValueError) as exc:
+        with warnings.catch_warnings():  # pymongo ignores an unknown option or a bad value, with a warning
+            warnings.simplefilter("error", UserWarning)
+            extra = {} if "sockettimeoutms" in uri.lower() else {"socketTimeoutMS": int(SOCKET_TIMEOUT * 1000)}
+            client = pymongo.MongoClient(uri, event_listeners=[_CommandCounter()], tz_aware=False, connect=False,
+                                         **extra)
+        return client[client.get_default_database(default="mrq").name]
+    except (PyMongoError, ValueError, TypeError, UserWarning) as exc:  # InvalidURI, ConfigurationError, InvalidName
+        if client is not None:
+            client.close()
         raise ConnectionsError(
             f"--{option} {uri!r} is not a valid MongoDB URI ({exc}); expected "
             "mongodb://host:port/database[?options].") from None
-    name = client.get_default_database(default="mrq").name
-    return client[name]
 
 
 class Connections:

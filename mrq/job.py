@@ -57,17 +57,45 @@ def _jobs_collection() -> Any:
     return connections.mongodb_jobs[JOBS]
 
 
+#: Largest params of a job, in BSON bytes: MongoDB stores at most 16 MiB per document, and the job's document also
+#: holds its status fields, result and tracebacks.
+MAX_PARAMS_BYTES = 15 * 1024 * 1024
+#: Deepest nesting of params (dicts and lists): MongoDB refuses documents nested deeper than 100 levels.
+MAX_PARAMS_DEPTH = 90
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of dicts and lists (1 for a flat dict), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, Mapping) else item if isinstance(item, (list, tuple)) else None
+        if children is not None:
+            deepest = max(deepest, level)
+            if level <= MAX_PARAMS_DEPTH:
+                stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
 def _check_params(path: str, params_list: Sequence[Any]) -> None:
     for i, params in enumerate(params_list):
         if not isinstance(params, Mapping):
             raise InvalidParams(f"Params #{i} of task {path!r} must be a dict, not {type(params).__name__}: "
                                 f"{params!r:.100}.")
+        if _depth(params) > MAX_PARAMS_DEPTH:
+            raise InvalidParams(f"Params #{i} of task {path!r} are nested more than {MAX_PARAMS_DEPTH} levels deep: "
+                                "MongoDB refuses such documents. Flatten them.")
         try:
-            bson.encode({"params": params})
-        except (bson.errors.InvalidDocument, OverflowError, TypeError) as exc:
-            raise InvalidParams(
+            size = len(bson.encode({"params": params}))
+        except (bson.errors.InvalidDocument, OverflowError, TypeError, ValueError) as exc:  # UnicodeError is a
+            raise InvalidParams(                                                           # ValueError
                 f"Params #{i} of task {path!r} cannot be stored in MongoDB: {exc}. Use JSON-like values "
                 "(dict with str keys, list, str, int, float, bool, None, datetime, ObjectId).") from None
+        if size > MAX_PARAMS_BYTES:
+            raise InvalidParams(
+                f"Params #{i} of task {path!r} are {size / 2**20:.1f} MiB in BSON: a job's params must fit in "
+                f"{MAX_PARAMS_BYTES // 2**20} MiB (MongoDB stores at most 16 MiB per job document, with its status, "
+                "result and traceback). Store big data elsewhere (GridFS, a file, a bucket) and pass its reference.")
 
 
 def job_id_for(unique_key: str) -> ObjectId:
@@ -75,12 +103,12 @@ def job_id_for(unique_key: str) -> ObjectId:
     ``queue_job(..., unique_key=key)`` queues at most one job per key while its document exists. Such an id's
     timestamp part means nothing."""
     if not isinstance(unique_key, str) or not unique_key:
-        raise InvalidParams(f"unique_key must be a non-empty string, not {unique_key!r}.")
-    return ObjectId(hashlib.sha256(unique_key.encode()).digest()[:12])
+        raise InvalidParams(f"unique_key must be a non-empty string, not {unique_key!r:.100}.")
+    return ObjectId(hashlib.sha256(unique_key.encode("utf-8", "surrogatepass")).digest()[:12])
 
 
 def _given_ids(job_ids: Sequence[Any], count: int) -> list[ObjectId]:
-    if isinstance(job_ids, (str, bytes)) or len(job_ids) != count:
+    if isinstance(job_ids, (str, bytes)) or not isinstance(job_ids, Sequence) or len(job_ids) != count:
         raise InvalidParams(f"job_ids must be a list with one id per params dict ({count}), not {job_ids!r:.100}.")
     out = []
     for value in job_ids:
@@ -126,18 +154,18 @@ def queue_jobs(path: str, params_list: Iterable[Mapping[str, Any]], queue: str |
     """
     from mrq.broker import queue_kind
     from mrq.context import get_broker, get_current_config, get_plugin_manager
-    from mrq.task import task_settings
+    from mrq.queue import check_queue_name
+    from mrq.task import task_path_problem, task_settings
 
-    if not isinstance(path, str) or "." not in path:
-        raise InvalidParams(f"Task path {path!r} is not a dotted path like 'tasks.Add'.")
+    problem = task_path_problem(path)
+    if problem:
+        raise InvalidParams(problem + ".")
     params_list = list(params_list)
     _check_params(path, params_list)
     given = _given_ids(job_ids, len(params_list)) if job_ids is not None else None
     config = get_current_config()
     settings = task_settings(path, config)
-    queue = queue or settings.queue
-    if not isinstance(queue, str) or not queue.strip() or " " in queue:
-        raise InvalidParams(f"Queue name {queue!r} is invalid: use a non-empty name without spaces.")
+    queue = check_queue_name(queue or settings.queue)
     if queue_kind(queue) != "r":
         raise InvalidParams(f"Queue {queue!r} is a raw queue (by its name): use mrq.raw.queue_raw_jobs for it.")
     delay = float(delay or 0)
@@ -252,7 +280,9 @@ class Job:
             try:
                 job_id = ObjectId(job_id)
             except bson.errors.InvalidId:
-                raise JobNotFound(f"{job_id!r} is not a job id (24 hexadecimal characters).") from None
+                raise JobNotFound(f"{job_id!r:.100} is not a job id (24 hexadecimal characters).") from None
+        elif job_id is not None and not isinstance(job_id, ObjectId):
+            raise JobNotFound(f"{job_id!r:.100} is not a job id (an ObjectId or its 24 hexadecimal characters).")
         self.id = job_id
         self.data = data
         self.result: Any = None
@@ -393,6 +423,10 @@ class Job:
         set_current_job(self)
         timer = gevent.Timeout(settings.timeout, TimeoutInterrupt(f"Job ran longer than {settings.timeout} s"))
         timer.start()
+        # A task that catches the timeout and goes on is interrupted again, every second, until it ends.
+        ended: list[bool] = []
+        enforcer = (gevent.spawn_later(settings.timeout + 1.0, self._enforce_timeout, self.greenlet, ended,
+                                       settings.timeout) if isinstance(self.greenlet, gevent.Greenlet) else None)
         try:
             self.result = get_plugin_manager().hook.mrq_job_execute(worker=worker, job=self)
             outcome = Outcome(st.SUCCESS)
@@ -403,12 +437,26 @@ class Job:
         finally:
             fired = not timer.pending
             timer.close()
+            ended.append(True)
+            if enforcer is not None:
+                enforcer.kill(block=False)
+            if fired:
+                try:  # a repeated timeout already on its way must not hit the code after the job
+                    gevent.sleep(0)
+                except TimeoutInterrupt:
+                    pass
             set_current_job(None)
         if fired and outcome.status not in (st.TIMEOUT, st.CANCEL, st.INTERRUPT):
             # The task swallowed the timeout and went on: it still timed out.
             outcome = Outcome(st.TIMEOUT)
             self.traceback = self.traceback or "TimeoutInterrupt (caught by the task)"
         return self._complete(outcome)
+
+    @staticmethod
+    def _enforce_timeout(greenlet: Any, ended: list[bool], timeout: float) -> None:
+        while not ended and not greenlet.dead:
+            greenlet.kill(TimeoutInterrupt(f"Job ran longer than {timeout} s (and caught the timeout)"), block=False)
+            gevent.sleep(1.0)
 
     def fail_with(self, exc: BaseException) -> Outcome:
         """End the job as ``failed`` with ``exc`` without running it (a raw job whose payload its factory refused)."""
@@ -436,7 +484,10 @@ class Job:
         if count >= (s.max_retries if max_retries is None else max_retries):
             return Outcome(st.MAXRETRIES)
         if delay is None:
-            base = min(s.retry_max_delay, s.retry_delay * (s.retry_backoff ** count))
+            try:
+                base = min(s.retry_max_delay, s.retry_delay * (s.retry_backoff ** count))
+            except OverflowError:  # a huge retry count: the cap applies
+                base = s.retry_max_delay
             delay = base / 2 + random.random() * base / 2  # "equal jitter": between half and all of it
         queue = queue or self.queue
         due = time.time() + delay
@@ -470,6 +521,11 @@ class Job:
         return outcome
 
 
+#: Longest traceback stored (its start and its end are kept): a job's document holds it twice (``traceback`` and
+#: ``traceback_history``) and must stay under MongoDB's 16 MiB.
+MAX_TRACEBACK_CHARS = 64 * 1024
+
+
 def _format_traceback(exc: BaseException, path: str = "") -> str:
     """The traceback of a task error, starting at the task's own code: the frames that led to it (MRQ's, pluggy's,
     the wrappers of plugins) are left out. Without a frame of the task's module (a task that does not import, a
@@ -484,7 +540,11 @@ def _format_traceback(exc: BaseException, path: str = "") -> str:
         if first is not None:
             frames = frames[first:]
     te.stack = traceback.StackSummary.from_list(frames)
-    return "".join(te.format())
+    text = "".join(te.format())
+    if len(text) > MAX_TRACEBACK_CHARS:  # a huge exception message: the job's document must stay storable
+        half = MAX_TRACEBACK_CHARS // 2
+        text = f"{text[:half]}\n[... {len(text) - 2 * half} characters left out ...]\n{text[-half:]}"
+    return text
 
 
 class KernelHooks:
@@ -498,9 +558,14 @@ class KernelHooks:
         task.is_main_task = True
         result = task.run_wrapped(job.params)
         try:
-            bson.encode({"result": result})
-        except (bson.errors.InvalidDocument, OverflowError, TypeError) as exc:
+            size = len(bson.encode({"result": result}))
+        except (bson.errors.InvalidDocument, OverflowError, TypeError, ValueError) as exc:
             raise InvalidParams(f"The result of task {job.path!r} cannot be stored in MongoDB: {exc}. "
                                 "Return JSON-like values.") from None
+        if size > 2**20 and size + len(bson.encode({"params": job.params})) > MAX_PARAMS_BYTES:
+            raise InvalidParams(
+                f"The result of task {job.path!r} is {size / 2**20:.1f} MiB in BSON: with the job's params it does "
+                f"not fit in {MAX_PARAMS_BYTES // 2**20} MiB (MongoDB stores at most 16 MiB per job document). Store "
+                "big results elsewhere (GridFS, a file, a bucket) and return their reference.")
         return result
 

@@ -6,21 +6,37 @@ MongoDB (documents by queue and status, index-backed).
 
 from __future__ import annotations
 
+import unicodedata
 from collections import defaultdict
 from typing import Any
 
 from mrq.context import connections, get_broker
+from mrq.exceptions import InvalidParams
 
-__all__ = ["Queue", "count_jobs", "all_known_queues"]
+__all__ = ["Queue", "count_jobs", "all_known_queues", "check_queue_name"]
+
+
+def check_queue_name(name: Any) -> str:
+    """Return ``name`` if it can name a queue, else raise :class:`InvalidParams` saying why.
+
+    A queue name is non-empty UTF-8 text without whitespace, control characters or commas: in-flight records are
+    space-separated, and ``MRQ_QUEUES``/``--queues`` lists split on spaces and commas. Any other character is
+    fine (``/`` makes a subqueue; braces leave every key in the ``{prefix}`` hash slot).
+    """
+    if not isinstance(name, str) or not name:
+        raise InvalidParams(f"Queue name {name!r:.200} is invalid: use a non-empty string.")
+    bad = next((c for c in name if c.isspace() or c == "," or unicodedata.category(c) in ("Cc", "Cs")), None)
+    if bad is not None:
+        raise InvalidParams(f"Queue name {name!r:.200} is invalid: it contains {bad!r}; use a name without "
+                            "whitespace, control characters or commas (and valid UTF-8).")
+    return name
 
 
 class Queue:
     """A named queue. ``q/`` names every subqueue ``q/...`` (for ``pause``)."""
 
     def __init__(self, name: str) -> None:
-        if not isinstance(name, str) or not name or " " in name:
-            raise ValueError(f"Queue name {name!r} is invalid: use a non-empty name without spaces.")
-        self.name = name
+        self.name = check_queue_name(name)
 
     def __repr__(self) -> str:
         return f"<Queue {self.name}>"

@@ -33,6 +33,7 @@ runs again unless the task removes it (``remove_raw_jobs``): at-least-once witho
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -119,7 +120,9 @@ def raw_settings(queue: str, config: Mapping[str, Any] | None = None) -> RawQueu
 
 
 def _payloads(queue: str, params: Any) -> tuple[list[str], dict[str, float] | None]:
-    kind = queue_kind(queue)
+    from mrq.queue import check_queue_name
+
+    kind = queue_kind(check_queue_name(queue))
     if kind == "r":
         raise InvalidParams(f"Queue {queue!r} is not a raw queue: a raw queue's name ends in _raw, _set, _sorted_set "
                             "or _timed_set. Use queue_job(s) for regular queues.")
@@ -138,18 +141,25 @@ def _payloads(queue: str, params: Any) -> tuple[list[str], dict[str, float] | No
     scores: dict[str, float] = {}
     for payload, score in items:
         if isinstance(payload, bytes):
-            payload = payload.decode()
+            payload = payload.decode("utf-8", "surrogateescape")  # invalid UTF-8 is refused below
         elif isinstance(payload, (int, float)) and not isinstance(payload, bool):
             payload = str(payload)
         if not isinstance(payload, str):
             raise InvalidParams(f"Raw payloads are strings (or numbers); got {type(payload).__name__} {payload!r:.80} "
                                 f"for queue {queue!r}: serialise it yourself (json.dumps) and parse it in job_factory.")
+        try:
+            payload.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidParams(f"Raw payload {payload!r:.80} for queue {queue!r} is not valid UTF-8 text: encode "
+                                "binary data yourself (base64) and decode it in job_factory.") from None
         payloads.append(payload)
         if score is not None:
             try:
                 scores[payload] = float(score)
             except (TypeError, ValueError):
                 raise InvalidParams(f"Score {score!r} of payload {payload!r:.80} is not a number.") from None
+            if math.isnan(scores[payload]):
+                raise InvalidParams(f"Score {score!r} of payload {payload!r:.80} is NaN: give a number.")
     return payloads, (scores or None)
 
 

@@ -1,6 +1,9 @@
 """Putting back the jobs of workers that died, and containing the jobs that kill them.
 
 A job in flight on a dead worker (SIGKILL, OOM, segfault, a lost machine) runs again elsewhere: at least once.
+Not a job that had *ended* before its worker died, though: a worker records each job's end in Redis as soon as
+it happens (``{prefix}:done``, a Redis write batched with the other ends of the moment), then stores statuses in
+MongoDB in batches; the recovery stores the recorded ends of a dead worker instead of running those jobs again.
 A job that *is* the cause (a segfault in a C extension, ``os.abort()``, a memory blow-up) would kill worker after
 worker, forever; so each death is counted on the job's document (``worker_deaths``, and an entry in its
 ``traceback_history`` naming the worker and the time), and at ``--max_worker_deaths`` (default 3) the job ends
@@ -13,12 +16,13 @@ import datetime
 from collections.abc import Iterable
 from typing import Any
 
+import bson
 from bson import ObjectId
 
 from mrq import status as st
 from mrq.broker import InFlight
 
-__all__ = ["requeue_inflight", "requeue_dead_worker_jobs", "death_entry", "WORKER_DIED"]
+__all__ = ["requeue_inflight", "requeue_dead_worker_jobs", "store_marked_ends", "death_entry", "WORKER_DIED"]
 
 #: ``exceptiontype`` of a ``traceback_history`` entry recording a worker death.
 WORKER_DIED = "WorkerDied"
@@ -73,9 +77,11 @@ def requeue_dead_worker_jobs(records: Iterable[InFlight], worker_id: str, max_de
 
     records = list(records)
     if not records:
-        return {"requeued": [], "poisoned": []}
+        return {"requeued": [], "poisoned": [], "recovered": []}
     if max_deaths is None:
         max_deaths = int(get_current_config().get("max_worker_deaths") or 0)
+    recovered = store_marked_ends(records, worker_id)
+    records = [r for r in records if r.job_id not in recovered]
     docs = _docs([r.job_id for r in records], ["queue", "worker_deaths"])
     poison = {i for i, d in docs.items() if max_deaths and int(d.get("worker_deaths") or 0) + 1 >= max_deaths}
     as_regular = {r.job_id: docs[r.job_id].get("queue") or "default" for r in records
@@ -96,7 +102,53 @@ def requeue_dead_worker_jobs(records: Iterable[InFlight], worker_id: str, max_de
              "$push": {"traceback_history": entry}})
     if poisoned:
         _poison(jobs, [ObjectId(i) for i in poisoned], entry, max_deaths, now)
-    return {"requeued": requeued, "poisoned": poisoned}
+    return {"requeued": requeued, "poisoned": poisoned, "recovered": recovered}
+
+
+def store_marked_ends(records: Iterable[InFlight], worker_id: str) -> list[str]:
+    """Jobs of the dead worker ``worker_id`` that had ended, their end recorded in Redis but their status not yet
+    stored: store it now, and apply its Redis side (retry delay, requeue of an interrupt, semaphore), instead of
+    running them again. Returns their ids.
+
+    Idempotent: a status already stored is not written twice (the update filters on the statuses it may
+    replace), and the Redis side is applied only to ids still in flight on that worker.
+    """
+    from pymongo import UpdateOne
+
+    from mrq.broker import AckBatch
+    from mrq.context import connections, get_broker
+    from mrq.job import JOBS
+
+    broker = get_broker()
+    records = [r for r in records if r.worker_id == worker_id]
+    marks = broker.done_marks([r.job_id for r in records])
+    if not marks:
+        return []
+    ops, batch = [], AckBatch()
+    for job_id, raw in marks.items():
+        end = bson.decode(raw)
+        if end.get("set"):
+            update: dict[str, Any] = {"$set": end["set"]}
+            if end.get("push"):
+                update["$push"] = {"traceback_history": {"$each": end["push"]}}
+            if end.get("insert"):
+                update["$setOnInsert"] = {k: v for k, v in end["insert"].items() if k not in end["set"]}
+                ops.append(UpdateOne({"_id": ObjectId(job_id)}, update, upsert=True))
+            else:
+                ops.append(UpdateOne({"_id": ObjectId(job_id), "status": {"$in": end["allowed"]}}, update))
+        batch.done.append(job_id)
+        if end.get("delayed"):
+            batch.delayed.append((end["delayed"][0], job_id, end["delayed"][1]))
+        if end.get("requeue"):
+            batch.requeue.append((end["requeue"], job_id))
+        if end.get("release"):
+            batch.release.append((end["release"], job_id))
+        if end.get("raw"):
+            batch.raw.append(tuple(end["raw"]))  # type: ignore[arg-type]
+    if ops:
+        connections.mongodb_jobs[JOBS].bulk_write(ops, ordered=False)
+    broker.ack(batch)
+    return list(marks)
 
 
 def _poison(jobs: Any, oids: list[ObjectId], entry: dict[str, Any], max_deaths: int, now: datetime.datetime) -> None:

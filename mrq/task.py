@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from mrq.exceptions import ConfigError, TaskNotFound
 
-__all__ = ["Task", "TaskSettings", "load_task", "task_settings"]
+__all__ = ["Task", "TaskSettings", "load_task", "task_settings", "task_path_problem"]
 
 
 class Task:
@@ -58,11 +59,25 @@ class _FunctionTask(Task):
 _cache: dict[str, tuple[type | None, Callable[[], Task]]] = {}
 
 
+def task_path_problem(path: Any) -> str | None:
+    """Why ``path`` can never name a task (``None`` if it may): not text, no dot, an empty part (``.x``,
+    ``a..b``), whitespace or a control character, or text that is not valid UTF-8."""
+    if not isinstance(path, str) or "." not in path:
+        return f"Task path {path!r:.200} is not a dotted path like 'tasks.Add' (module.Name)"
+    if any(not part for part in path.split(".")):
+        return f"Task path {path!r:.200} has an empty part: use a dotted path like 'tasks.Add' (module.Name)"
+    if any(c.isspace() or unicodedata.category(c) in ("Cc", "Cs") for c in path):
+        return (f"Task path {path!r:.200} has whitespace, a control character or invalid UTF-8: use a dotted path "
+                "like 'tasks.Add' (module.Name)")
+    return None
+
+
 def _resolve(path: str) -> tuple[type | None, Callable[[], Task]]:
+    problem = task_path_problem(path)
+    if problem:
+        raise TaskNotFound(problem + ".")
     if path in _cache:
         return _cache[path]
-    if not isinstance(path, str) or "." not in path:
-        raise TaskNotFound(f"Task path {path!r} is not a dotted path like 'tasks.Add' (module.Name).")
     module_name, _, attr = path.rpartition(".")
     try:
         module = importlib.import_module(module_name)
@@ -70,6 +85,9 @@ def _resolve(path: str) -> tuple[type | None, Callable[[], Task]]:
         raise TaskNotFound(
             f"Task {path!r} could not be imported: {exc}. Run from the folder that holds "
             f"'{module_name.replace('.', '/')}.py' or add it to PYTHONPATH.") from exc
+    except (Exception, SystemExit) as exc:  # the module raised (or called sys.exit()) at import: never end the worker
+        raise TaskNotFound(f"Task {path!r} could not be imported: module {module_name!r} raised {type(exc).__name__}: "
+                           f"{exc} when imported. Fix that module (see the cause below).") from exc
     try:
         obj = getattr(module, attr)
     except AttributeError:

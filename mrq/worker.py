@@ -79,6 +79,7 @@ class Worker:
         self._epoch: str | None = None  # MRQ's marker key in Redis: it changes when Redis lost its data
         #: job id -> (queue, raw payload, score) of the jobs dequeued and not yet known to be acknowledged
         self._held: dict[str, tuple[str, str | None, float | None]] = {}
+        self._cancel_early: set[ObjectId] = set()  # cancel requests read before their job started
         self._main: gevent.Greenlet | None = None
         self._services: list[gevent.Greenlet] = []
         self._settings: dict[str, TaskSettings] = {}
@@ -124,6 +125,7 @@ class Worker:
         # The kernel's services, each in its own greenlet so that none waits on another: the heartbeat talks to
         # Redis only (a slow MongoDB must never make a live worker look dead), logs and reports to MongoDB.
         self._spawn_service("writer", self.writer.run, critical=True)
+        self._spawn_service("marks", self.writer.run_marks, critical=True)
         self._spawn_service("heartbeat", self._heartbeat_loop, critical=True)
         self._spawn_service("logs", self._logs_loop, critical=True)
         self._spawn_service("report", self._report_loop, critical=True)
@@ -300,7 +302,7 @@ class Worker:
     def _wait_for_slots(self) -> int:
         # Statuses waiting to be stored are jobs a SIGKILL would run again: keep the backlog small (MongoDB's
         # cost is per document, so bigger batches would not write faster).
-        self.writer.wait_for_room(max(100, 2 * self.greenlets))
+        self.writer.wait_for_room(max(50, self.greenlets))
         if self.pool.free_count() == 0:
             self.status = "full"
             self.pool.wait_available()
@@ -443,7 +445,12 @@ class Worker:
     def _perform(self, job: Job, settings: TaskSettings) -> None:
         assert job.id is not None
         try:
-            if job.raw is not None and job.raw.error is not None:
+            if job.id in self._cancel_early:  # cancelled between its dequeue and now
+                self._cancel_early.discard(job.id)
+                job.exception = CancelInterrupt("cancelled before it started")
+                job.datestarted = time.time()
+                outcome = job._complete(Outcome(st.CANCEL))
+            elif job.raw is not None and job.raw.error is not None:
                 outcome = job.fail_with(job.raw.error)
             else:
                 outcome = job.perform(settings, worker=self)
@@ -533,9 +540,7 @@ class Worker:
                 for sid in kills:
                     self._kill_job(ObjectId(sid))
                 if self._epoch is not None and epoch != self._epoch:
-                    # Before a rebuild can requeue what this worker holds; in a greenlet of its own, as it waits
-                    # for the status writer's lock (a write in progress), and the heartbeat waits on Redis only.
-                    gevent.spawn(self._record_inflight_again)
+                    self._record_inflight_again()  # at once: before a rebuild can requeue what this worker holds
                 self._epoch = epoch
                 if data_lost:  # in a greenlet of its own: never delays the next heartbeat
                     gevent.spawn(self._on_redis_data_lost)
@@ -566,6 +571,8 @@ class Worker:
     def _kill_job(self, job_id: ObjectId) -> None:
         job = self.jobs.get(job_id)
         if job is None or job.greenlet is None:
+            if str(job_id) in self._held:  # dequeued, not started yet: it will not run
+                self._cancel_early.add(job_id)
             return
         self.log.info("Cancelling running job %s %s", job_id, job.path)
         job.greenlet.kill(CancelInterrupt("cancelled while running"), block=False)
@@ -596,6 +603,7 @@ class Worker:
             gevent.sleep(interval if interval > 0 else 3600)
             held = {str(i) for i in self.jobs} | self.writer.tracked_ids() | self._popped
             self._held = {i: v for i, v in self._held.items() if i in held}
+            self._cancel_early = {i for i in self._cancel_early if str(i) in held}
             self._requeue_orphans()
             if not max_memory or self.memory_mb() <= max_memory:
                 continue

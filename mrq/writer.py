@@ -17,17 +17,40 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import bson
 import gevent
 import gevent.event
 import gevent.lock
 from bson import ObjectId
 from pymongo import UpdateOne
+from pymongo.errors import BulkWriteError
 
 from mrq import status as st
 from mrq.broker import AckBatch, Broker
 from mrq.job import Outcome
 
-__all__ = ["StatusWriter"]
+__all__ = ["StatusWriter", "end_mark", "MAX_MARK_BYTES"]
+
+#: Seconds a write triggered by a job's end waits for the ends of the same moment (at most this many seconds are
+#: added to the window in which a SIGKILL would run finished jobs again; it keeps round trips per job low).
+_COALESCE = 0.005
+
+#: A job end larger than this (a big result or traceback) is not marked in Redis: if its worker dies before the
+#: status is stored, the job runs again instead.
+MAX_MARK_BYTES = 64 * 1024
+
+
+def end_mark(pending: _Pending | None, outcome: Outcome) -> bytes | None:
+    """The encoded end of a job (its status write and the Redis side of it), for :meth:`Broker.mark_done`."""
+    doc: dict[str, Any] = {"delayed": list(outcome.delayed) if outcome.delayed else None, "requeue": outcome.requeue,
+                           "release": outcome.release, "raw": list(outcome.raw_push) if outcome.raw_push else None}
+    if pending is not None:
+        doc.update(set=pending.set, push=pending.push, allowed=sorted(pending.allowed), insert=pending.insert)
+    try:
+        data = bson.encode(doc)
+    except Exception:  # noqa: BLE001 - not encodable: no mark (the job would run again after a crash)
+        return None
+    return data if len(data) <= MAX_MARK_BYTES else None
 
 log = logging.getLogger("mrq.writer")
 
@@ -40,6 +63,12 @@ class _Pending:
     insert: dict[str, Any] | None = None  # a raw job's first stored status: the document is created (upsert)
     final: bool = False                   # the job ended: written with the next flush, which it triggers
     created: float = field(default_factory=time.monotonic)
+    fallback: bool = False  # the short "failed" write that replaced a write MongoDB refused
+
+
+def _small(fields: dict[str, Any]) -> dict[str, Any]:
+    """The fields whose BSON is at most 64 KiB (a refused write is stored again without the others)."""
+    return {k: v for k, v in fields.items() if len(bson.encode({"v": v})) <= 64 * 1024}
 
 
 class StatusWriter:
@@ -57,6 +86,9 @@ class StatusWriter:
         self._ack = AckBatch()       # Redis changes of the statuses in _pending
         self._unacked = AckBatch()   # Redis changes of statuses already stored
         self._unverified: list[tuple[ObjectId, str, dict[str, Any]]] = []  # stored, some refused: check which
+        self._writing: set[str] = set()  # ids of the batch out being written (swapped out of _pending/_ack)
+        self._marks: dict[str, bytes] = {}  # job ends to record in Redis at once (see run_marks)
+        self._marks_wakeup = gevent.event.Event()
         self._wakeup = gevent.event.Event()
         self._flushed = gevent.event.Event()  # set after each flush: wakes wait_for_room()
         self._lock = gevent.lock.RLock()  # one flush at a time; never kill the loop mid-write
@@ -106,14 +138,26 @@ class StatusWriter:
             self._ack.release.append((outcome.release, sid))
         if outcome.raw_push:
             self._ack.raw.append(outcome.raw_push)
-        # A job's end is written at once (the loop wakes up; what ends meanwhile joins the next write): a worker
-        # killed before its ends are stored runs those jobs again elsewhere, so the window is kept short.
-        self._wakeup.set()
+        # Nothing stored and nothing to put back (a raw job that succeeded): no mark; its acknowledgement follows
+        # within a few milliseconds anyway.
+        has_side = bool(outcome.delayed or outcome.requeue or outcome.release or outcome.raw_push)
+        mark = end_mark(self._pending.get(job_id) if store else None, outcome) if store or has_side else None
+        if mark is not None:
+            self._marks[sid] = mark
+            self._marks_wakeup.set()
+        if store or has_side:
+            # A stored status is written at once (the loop wakes up; what ends meanwhile joins the next write), so
+            # that little is left to recover from the marks if the worker dies. A raw job that stores nothing is
+            # acknowledged with the next regular flush (--flush_interval), at a tiny fraction of a round trip.
+            self._wakeup.set()
+        elif len(self._ack.done) >= self.max_batch:
+            self._wakeup.set()
 
     def tracked_ids(self) -> set[str]:
-        """Ids whose status or acknowledgement is not yet stored (they are still in flight in Redis)."""
-        with self._lock:  # not while a batch is out being written
-            return ({str(i) for i in self._pending} | set(self._ack.done) | set(self._unacked.done))
+        """Ids whose status or acknowledgement is not yet stored (they are still in flight in Redis), the batch
+        being written included. Takes no lock: the heartbeat may call it while MongoDB is slow."""
+        return ({str(i) for i in self._pending} | set(self._ack.done) | set(self._unacked.done)
+                | self._writing)
 
     def acknowledge(self, job_id: str, push_back_to: str | None = None) -> None:
         """Drop an in-flight record with no status write: a job that must not run (already ended), or that
@@ -126,7 +170,8 @@ class StatusWriter:
         """The flush loop (a greenlet of the worker); ends after :meth:`close`. It cannot die of a failed
         flush: every error is logged and counted, the batch kept, and the next flush retries it."""
         while not self._closed:
-            self._wakeup.wait(self.interval)
+            if self._wakeup.wait(self.interval):
+                gevent.sleep(_COALESCE)  # woken by a job's end: let the ends of the same moment join this write
             self._wakeup.clear()
             with self._lock:
                 if self._closed:
@@ -137,6 +182,25 @@ class StatusWriter:
                     self.errors += 1
                     log.exception("Status flush failed; the batch is kept and retried")
                     gevent.sleep(min(1.0, self.interval * 2))
+
+    def run_marks(self) -> None:
+        """Record job ends in Redis as soon as they happen (a greenlet of the worker, Redis only): a worker killed
+        before their statuses are stored leaves them there, and the recovery of its jobs stores them instead of
+        running the jobs again. One HSET per wake-up, for every end since the last one."""
+        while True:
+            self._marks_wakeup.wait()
+            self._marks_wakeup.clear()
+            marks, self._marks = self._marks, {}
+            if not marks:
+                continue
+            try:
+                self.broker.mark_done(marks)
+            except Exception as exc:  # noqa: BLE001 - Redis down: the marks wait (they are a safety net only)
+                self._marks = marks | self._marks
+                log.warning("Recording %d job ends in Redis failed (%s: %s); retrying", len(marks),
+                            type(exc).__name__, exc)
+                gevent.sleep(min(1.0, self.interval * 2))
+                self._marks_wakeup.set()
 
     def close(self) -> None:
         """Stop the flush loop, once it is not writing (then :meth:`flush` what is left)."""
@@ -174,6 +238,13 @@ class StatusWriter:
             pending = {i: p for i, p in self._pending.items() if p.final or p.created <= cutoff}
             self._pending = {i: p for i, p in self._pending.items() if i not in pending}
         ack, self._ack = self._ack, AckBatch()
+        self._writing = {str(i) for i in pending} | set(ack.done)
+        try:
+            return self._write(pending, ack)
+        finally:
+            self._writing = set()
+
+    def _write(self, pending: dict[ObjectId, _Pending], ack: AckBatch) -> bool:
         if pending:
             ops = []
             for job_id, p in pending.items():
@@ -189,6 +260,15 @@ class StatusWriter:
                     ops.append(UpdateOne({"_id": job_id, "status": {"$in": sorted(p.allowed)}}, update))
             try:
                 result = self.collection.bulk_write(ops, ordered=False)
+            except BulkWriteError as exc:
+                if not self._set_aside_refused(pending, exc):
+                    self._restore(pending, ack)
+                    self.errors += 1
+                    log.warning("Status write of %d jobs failed (%.300s); retrying", len(ops), exc)
+                    gevent.sleep(min(1.0, self.interval * 2))
+                    return False
+                self._restore({}, ack)  # acknowledged with the next flush, once the refused ones are stored
+                return False
             except BaseException as exc:
                 # Any way out of the write (a server error, flush(timeout)'s Timeout, a kill) keeps the batch:
                 # a status is never dropped, and the jobs stay in flight until it is stored.
@@ -218,6 +298,37 @@ class StatusWriter:
                 gevent.sleep(min(1.0, self.interval * 2))
                 return False
             self._unacked = AckBatch()
+        return True
+
+    def _set_aside_refused(self, pending: dict[ObjectId, _Pending], exc: BulkWriteError) -> bool:
+        """MongoDB refused some updates of a batch (a document past 16 MiB...) and stored the others. Each refused
+        one is replaced by a short write of status ``failed`` that says why, for the next flush (one refused again
+        is given up, logged): a job never blocks the batches of the others. False if the batch as a whole failed."""
+        errors = exc.details.get("writeErrors") or []
+        if exc.details.get("writeConcernErrors") or not errors:
+            return False
+        ids = list(pending)
+        refused = {ids[e["index"]]: e for e in errors}
+        stored = [(i, p.set.get("status", ""), p.set) for i, p in pending.items() if i not in refused]
+        self.written += len(stored)
+        self._unverified.extend(stored)
+        for job_id, error in refused.items():
+            self.errors += 1
+            p, why = pending[job_id], f"{error.get('code')}: {str(error.get('errmsg'))[:300]}"
+            if p.fallback:
+                log.error("MongoDB refused the status write of job %s again (%s); its document is left as it is",
+                          job_id, why)
+                continue
+            log.error("MongoDB refused the status write %r of job %s (%s); storing it as failed without its large "
+                      "fields", p.set.get("status"), job_id, why)
+            fields = _small(p.set) | {
+                "status": st.FAILED, "exceptiontype": "StatusWriteRefused",
+                "traceback": f"MRQ could not store this job's status {p.set.get('status')!r}: MongoDB refused the "
+                             f"write ({why}). Fields larger than 64 KiB (result, traceback...) were left out: keep a "
+                             "job's params, result and exception messages well under 16 MiB."}
+            self._pending[job_id] = _Pending(st.allowed_from(st.FAILED) | p.allowed, fields,
+                                             insert=_small(p.insert) if p.insert is not None else None, fallback=True,
+                                             final=True)
         return True
 
     def _restore(self, pending: dict[ObjectId, _Pending], ack: AckBatch) -> None:

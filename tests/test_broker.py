@@ -115,6 +115,7 @@ def test_heartbeat_kill_requests_and_liveness(broker):
     assert broker.heartbeat("w1", ttl=0.3) == []
     assert broker.alive(["w1", "w2"]) == {"w1": True, "w2": False}
     assert broker.request_kill(["job", "unknown"]) == ["job"]
+    assert 0 < broker.redis.ttl(broker.key("kill", "w1")) <= 3600  # the kill set of a dead worker goes away
     assert broker.heartbeat("w1", ttl=0.3) == ["job"]
     assert broker.heartbeat("w1", ttl=0.3) == []
     time.sleep(0.4)

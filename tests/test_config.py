@@ -440,3 +440,11 @@ def test_option_is_a_frozen_dataclass():
     assert opt.env_var == "MRQ_X"
     with pytest.raises(AttributeError):
         opt.name = "y"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("name", ["report_interval", "flush_interval", "heartbeat_interval", "heartbeat_ttl",
+                                  "max_latency"])
+def test_intervals_of_zero_are_refused(name):
+    """0 would make a busy loop (or, for the TTL, a worker always dead): refused with the minimum to use."""
+    with pytest.raises(ConfigError, match=f"'{name}'.*use (at least|a value from)"):
+        cfg(f"--{name}", "0")

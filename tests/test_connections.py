@@ -74,8 +74,8 @@ def test_cluster_uri_is_parsed():
     ("redis+cluster://h:7000?ssl_ca_certs=/ca.pem", "is for TLS: use rediss"),
     ("redis+cluster://h:7000?socket_timeout=soon", "socket_timeout='soon' is not a valid value"),
     ("rediss+cluster://h:7000?ssl_cert_reqs=maybe", "ssl_cert_reqs='maybe' is not a valid value"),
-    ("redis+cluster://h:port", "port 'port' of 'h:port' is not a number"),
-    ("redis+cluster://h:70000", "port 70000 of 'h:70000' is not between 1 and 65535"),
+    ("redis+cluster://h:port", "port 'port' of 'h:port' is not a number from 1 to 65535"),
+    ("redis+cluster://h:70000", "port '70000' of 'h:70000' is not a number from 1 to 65535"),
     ("redis+cluster://h:7000,,h:7001", "a server address is empty"),
     ("redis+cluster://", "a server address is empty"),
 ])
@@ -89,3 +89,16 @@ def test_a_cluster_uri_on_a_server_without_cluster_mode_says_so(mrq_urls):
     port = mrq_urls.redis.rsplit(":", 1)[1].split("/")[0]
     with pytest.raises(ConnectionsError, match="Cluster mode is not enabled.*cluster_state:ok"):
         make_redis(f"redis+cluster://127.0.0.1:{port}")
+
+
+def test_clients_give_up_on_a_server_that_stops_answering():
+    """A frozen server (SIGSTOP, a network that drops packets) must not block a worker forever: both clients
+    have a reply timeout (SOCKET_TIMEOUT), which a timeout in the URI overrides."""
+    from mrq.connections import SOCKET_TIMEOUT, make_mongodb, make_redis
+
+    assert make_redis("redis://127.0.0.1:1/0").connection_pool.connection_kwargs["socket_timeout"] == SOCKET_TIMEOUT
+    assert make_redis("redis://127.0.0.1:1/0?socket_timeout=5").connection_pool.connection_kwargs[
+        "socket_timeout"] == 5
+    db = make_mongodb("mongodb://127.0.0.1:1/x")
+    assert db.client.options.pool_options.socket_timeout == SOCKET_TIMEOUT
+    assert make_mongodb("mongodb://127.0.0.1:1/x?socketTimeoutMS=5000").client.options.pool_options.socket_timeout == 5

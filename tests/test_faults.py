@@ -28,8 +28,14 @@ def restartable_urls(request, redis_restartable, mongodb_restartable):
 @pytest.mark.parametrize("service", ["redis", "mongodb"])
 def test_server_restart_during_jobs(service, restartable_urls, redis_restartable, mongodb_restartable):
     urls, worker = restartable_urls
-    worker.start("--greenlets", "4")
+    # The worker's MongoDB calls fail after 0.5 s instead of pymongo's 30 s wait for a server: the outage reaches
+    # MRQ's own retries (of the status writer, of the fetch of dequeued jobs), not only pymongo's.
+    fail_fast = urls.mongodb + ("&" if "?" in urls.mongodb else "?") + "serverSelectionTimeoutMS=500"
+    worker.start("--greenlets", "4", env={"MRQ_MONGODB_JOBS": fail_fast})
     ids = queue_jobs(T + "Sleep", [{"t": 2, "result": i} for i in range(4)])
+    # These wait for a free slot: the worker pops them during the outage and must keep them until it can fetch
+    # their documents (MongoDB) or pop them at all (Redis).
+    waiting = queue_jobs(T + "Add", [{"a": 1, "b": i} for i in range(10, 12)])
     time.sleep(0.7)
     server = redis_restartable if service == "redis" else mongodb_restartable
     old_pid = server.pid
@@ -41,6 +47,7 @@ def test_server_restart_during_jobs(service, restartable_urls, redis_restartable
     wait_for_idle(timeout=60)
     assert [Job(i).fetch().data["result"] for i in ids] == [0, 1, 2, 3]
     assert [Job(i).fetch().data.get("result") for i in more] == [1, 2, 3]
+    assert [Job(i).fetch().data.get("result") for i in waiting] == [11, 12]
     assert worker.proc.poll() is None, "the worker must survive the outage"
     assert worker.stop() == 0
 

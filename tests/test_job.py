@@ -118,6 +118,115 @@ def test_requeue_of_a_cancelled_job_still_in_its_list_pushes_it_once(mrq_config)
     assert get_broker().list_ids("default") == [str(job_id)]
 
 
+@pytest.mark.parametrize("retry_count, draw, delay", [
+    (0, 0.0, 1.5), (0, 1.0, 3.0),    # retry_delay 3, with "equal jitter": between half and all of it
+    (1, 0.0, 3.0), (1, 1.0, 6.0),    # times retry_backoff 2 per retry already done
+    (3, 0.0, 5.0), (3, 1.0, 10.0),   # 3 * 2 ** 3 = 24, capped at retry_max_delay 10
+])
+def test_retry_delay_backoff_jitter_and_cap(mrq_config, monkeypatch, retry_count, draw, delay):
+    import dataclasses
+    import time
+    import types
+
+    import gevent
+
+    from mrq import job as job_module
+    from mrq.task import task_settings
+
+    monkeypatch.setattr(job_module, "random", types.SimpleNamespace(random=lambda: draw))
+    settings = dataclasses.replace(task_settings(T + "Retry", mrq_config), retry_delay=3, retry_backoff=2,
+                                   retry_max_delay=10, max_retries=4)
+    job = Job(ObjectId(), {"path": T + "Retry", "params": {}, "queue": "q", "retry_count": retry_count})
+    before = time.time()
+    outcome = gevent.spawn(job.perform, settings).get()
+    after = time.time()
+    assert outcome.status == "retry" and outcome.delayed[0] == "q"
+    assert before + delay <= outcome.delayed[1] <= after + delay
+    assert outcome.set["retry_count"] == retry_count + 1
+
+
+def test_retry_past_max_retries_ends_as_maxretries(mrq_config):
+    import dataclasses
+
+    import gevent
+
+    from mrq.task import task_settings
+
+    settings = dataclasses.replace(task_settings(T + "Retry", mrq_config), max_retries=4)
+    job = Job(ObjectId(), {"path": T + "Retry", "params": {}, "queue": "q", "retry_count": 4})
+    outcome = gevent.spawn(job.perform, settings).get()
+    assert (outcome.status, outcome.delayed) == ("maxretries", None)
+
+
+class _FailingInsert:
+    """The jobs collection, with inserts that fail (MongoDB down or refusing the write)."""
+
+    def __init__(self, collection) -> None:
+        self.collection = collection
+
+    def insert_many(self, *args, **kwargs):
+        import pymongo.errors
+        raise pymongo.errors.AutoReconnect("MongoDB went away")
+
+
+def test_no_id_reaches_redis_when_the_insert_fails(mrq_config, monkeypatch):
+    """queue_jobs inserts the documents first, then pushes their ids: an id without a document never waits."""
+    import pymongo.errors
+
+    from mrq import job as job_module
+
+    real = job_module._jobs_collection()
+    monkeypatch.setattr(job_module, "_jobs_collection", lambda: _FailingInsert(real))
+    with pytest.raises(pymongo.errors.AutoReconnect):
+        queue_jobs(T + "Add", [{"a": 1, "b": 1}])
+    with pytest.raises(pymongo.errors.AutoReconnect):
+        queue_jobs(T + "Add", [{"a": 1, "b": 1}], delay=60)
+    assert get_broker().known_queues() == [] and get_broker().sizes(["default"]) == {"default": (0, 0)}
+
+
+@pytest.mark.parametrize("delay", [0, 7])
+def test_an_explicit_retry_delay_is_used_as_given(mrq_config, delay):
+    """retry_current_job(delay=0) runs the job again at once: no backoff, no jitter."""
+    import time
+
+    import gevent
+
+    from mrq.task import task_settings
+
+    job = Job(ObjectId(), {"path": T + "Retry", "params": {"delay": delay}, "queue": "q", "retry_count": 2})
+    before = time.time()
+    outcome = gevent.spawn(job.perform, task_settings(T + "Retry", mrq_config)).get()
+    assert before + delay <= outcome.delayed[1] <= time.time() + delay
+
+
+@pytest.mark.parametrize("path, status, ttl_key", [
+    (T + "Add", "success", "result_ttl"), (T + "Abort", "abort", "abort_ttl"), (T + "Fail", "failed", "default_ttl")])
+def test_each_end_keeps_the_document_for_its_ttl(mrq_config, path, status, ttl_key):
+    import dataclasses
+
+    import gevent
+
+    from mrq.task import task_settings
+
+    settings = dataclasses.replace(task_settings(path, mrq_config), result_ttl=100, abort_ttl=200, default_ttl=300)
+    job = Job(ObjectId(), {"path": path, "params": {"a": 1, "b": 1}, "queue": "q"})
+    outcome = gevent.spawn(job.perform, settings).get()
+    assert outcome.status == status
+    kept = (outcome.set["dateexpires"] - outcome.set["dateupdated"]).total_seconds()
+    assert kept == getattr(settings, ttl_key)
+
+
+def test_requeue_resets_the_retry_count_unless_told_to_keep_it(mrq_config):
+    job_id = queue_job(T + "Add", {"a": 1, "b": 2})
+    jobs = connections.mongodb_jobs["mrq_jobs"]
+    jobs.update_one({"_id": job_id}, {"$set": {"status": "maxretries", "retry_count": 3}})
+    assert Job(job_id).requeue() is True
+    assert Job(job_id).fetch().data["retry_count"] == 0  # a job that ran out of retries gets them all again
+    jobs.update_one({"_id": job_id}, {"$set": {"status": "failed", "retry_count": 3}})
+    assert Job(job_id).requeue(retry_count=None) is True
+    assert Job(job_id).fetch().data["retry_count"] == 3
+
+
 def test_the_task_class_settings_apply_when_enqueuing_and_cancelling(mrq_config):
     """TASKS, then the class attributes, then the defaults: for queue_job's queue and TTL and cancel's TTL."""
     job_id = queue_job(T + "Configured", {})

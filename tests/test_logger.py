@@ -164,3 +164,51 @@ def test_the_buffer_is_capped_and_drops_the_oldest_lines(mrq_config, monkeypatch
         assert [line[:3] for line in lines] == [f"{i:03d}" for i in range(90, 100)]  # the newest are kept
     finally:
         logged.close()
+
+
+class _Refusing:
+    """A database that refuses one job's log documents (an error about the document, not an outage)."""
+
+    def __init__(self, db, refused_job) -> None:
+        self.db = db
+        self.refused_job = refused_job
+        self.tries = 0
+
+    def __getitem__(self, name):
+        outer = self
+
+        class Collection:
+            def insert_many(self, docs, ordered=True):
+                import pymongo.errors
+                bad = [i for i, d in enumerate(docs) if d["job"] == outer.refused_job]
+                others = [d for d in docs if d["job"] != outer.refused_job]
+                if others:
+                    outer.db[name].insert_many(others, ordered=ordered)
+                if bad:
+                    outer.tries += 1
+                    raise pymongo.errors.BulkWriteError({"writeErrors": [
+                        {"index": i, "code": 2, "errmsg": "document refused"} for i in bad]})
+
+        return Collection()
+
+
+def test_a_refused_document_is_tried_three_times_then_dropped_and_counted(mrq_config):
+    db = connections.mongodb_jobs
+    handler = JobLogHandler()
+    logged = _Logged(handler)
+    good, bad = Job(ObjectId()), Job(ObjectId())
+    refusing = _Refusing(db, bad.id)
+    try:
+        logged.line(bad, "refused line 1")
+        logged.line(bad, "refused line 2")
+        logged.line(good, "stored line")
+        for _ in range(5):
+            try:
+                handler.flush_to(refusing)
+            except Exception:  # noqa: BLE001 - raised while the refused document is kept for a retry
+                pass
+        assert refusing.tries == 3
+        assert handler.pending() == 0 and handler.dropped == 2
+        assert job_logs(good.id) == "stored line" and job_logs(bad.id) == ""
+    finally:
+        logged.close()

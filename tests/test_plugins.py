@@ -572,17 +572,23 @@ def test_hook_mrq_worker_start_failure_stops_the_worker(mrq_worker):
 
 @pytest.mark.parametrize("hook", ["mrq_worker_report", "mrq_worker_stop", "mrq_jobs_dequeued",
                                   "mrq_job_finished", "mrq_job_status_changed"])
-def test_a_raising_hook_loses_no_job(mrq_worker, hook):
-    """A plugin that raises in a worker hook is logged; the jobs still run and leave the in-flight record."""
+def test_a_raising_hook_loses_no_job(mrq_worker, hook, tmp_path):
+    """A plugin that raises in a worker hook is logged; the jobs still run and leave the in-flight record, and a
+    job hook that raised for one job is still called for the others (the three jobs end in one status batch)."""
     from mrq.job import Job, queue_jobs
 
-    mrq_worker.start("--plugins", "tests.plugins.raising", env={"MRQ_RAISING_HOOKS": hook})
+    calls = tmp_path / "calls"
+    mrq_worker.start("--plugins", "tests.plugins.raising", "--greenlets", "3",
+                     env={"MRQ_RAISING_HOOKS": hook, "MRQ_RAISING_FILE": str(calls), "MRQ_FLUSH_INTERVAL": "0.5"})
     ids = queue_jobs(T + "Add", [{"a": 1, "b": 2}] * 3)
     try:
         mrq_worker.wait_for_idle(timeout=4)
     finally:
         assert mrq_worker.stop(timeout=20) == 0
     assert [Job(i).fetch().data["status"] for i in ids] == ["success"] * 3
+    for job_hook in ("mrq_jobs_dequeued", "mrq_job_finished", "mrq_job_status_changed"):
+        seen = {w for line in calls.read_text().splitlines() if line.split()[0] == job_hook for w in line.split()[1:]}
+        assert seen == {str(i) for i in ids}, job_hook
 
 
 def test_worked_example_of_the_docs(mrq_worker, tmp_path):

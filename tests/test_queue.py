@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from mrq.exceptions import InvalidParams
 from mrq.job import Job, queue_job, queue_jobs
 from mrq.queue import Queue, all_known_queues, count_jobs
 
@@ -33,5 +34,5 @@ def test_pause_resume(mrq_config):
 
 
 def test_bad_name():
-    with pytest.raises(ValueError, match="invalid"):
+    with pytest.raises(InvalidParams, match="invalid"):
         Queue("a b")

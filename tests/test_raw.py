@@ -146,11 +146,13 @@ def test_sets_sorted_sets_and_timed_sets(raw, tmp_path):
     record = lambda name: payload(task="Record", file=str(runs), result=name)  # noqa: E731
     queue_raw_jobs("prio_sorted_set", {record("third"): 30, record("first"): 10, record("second"): 20})
     queue_raw_jobs("uniq_set", [record("dup"), record("dup")])
-    queue_raw_jobs("later_timed_set", {record("later"): time.time() + 2})
-    worker = start(raw, "prio_sorted_set", "uniq_set", "later_timed_set", greenlets=1)
-    wait_until(lambda: runs.exists() and len(runs.read_text().splitlines()) == 4, timeout=20, what="four runs")
+    due = time.time() + 3
+    queue_raw_jobs("later_timed_set", {record("later"): due})
     assert get_broker().sizes(["later_timed_set"])["later_timed_set"] == (0, 1)  # not due yet
+    worker = start(raw, "prio_sorted_set", "uniq_set", "later_timed_set", greenlets=1)
+    wait_until(lambda: runs.exists() and len(runs.read_text().splitlines()) >= 4, timeout=20, what="four runs")
     wait_until(lambda: len(runs.read_text().splitlines()) == 5, timeout=10, what="the timed job when due")
+    assert time.time() >= due  # not before
     assert worker.stop() == 0
     # One greenlet: the sorted set ran lowest score first, then the set (its two equal payloads were one).
     counters = worker.report()["counters"]

@@ -54,3 +54,45 @@ def test_a_job_that_kills_its_workers_ends_as_maxworkerdeaths(mrq_worker, tmp_pa
     finally:
         _stop(mrq_worker)
     assert Job(poison).requeue() is True  # a person can still run it again
+
+
+def test_a_job_that_ended_before_its_worker_died_is_not_run_again(mrq_config):
+    """The worker records a job's end in Redis before its status is stored; the recovery of a dead worker's jobs
+    stores that end (and its Redis side) instead of requeueing the job."""
+    import gevent
+    from bson import ObjectId
+
+    from mrq.context import connections, get_broker
+    from mrq.job import Outcome
+    from mrq.recovery import requeue_dead_worker_jobs
+    from mrq.writer import StatusWriter
+
+    broker = get_broker()
+    ended, retried, running = (queue_job(T + "Add", {"a": i, "b": 0}) for i in range(3))
+    worker = str(ObjectId())
+    broker.dequeue(worker, ["default"], 3)
+
+    class Stalled:  # MongoDB takes forever: the statuses are never stored before the "crash"
+        def bulk_write(self, *args, **kwargs):
+            gevent.sleep(3600)
+
+    writer = StatusWriter(Stalled(), broker, 0.05)
+    marks = gevent.spawn(writer.run_marks)
+    loop = gevent.spawn(writer.run)
+    writer.started(running, {"status": st.STARTED, "worker": ObjectId(worker)})
+    writer.finished(ended, Outcome(st.SUCCESS, set={"status": st.SUCCESS, "result": 42}))
+    writer.finished(retried, Outcome(st.RETRY, set={"status": st.RETRY, "retry_count": 1},
+                                     delayed=("default", 1.0)))
+    with gevent.Timeout(5):
+        while len(broker.done_marks([str(ended), str(retried)])) < 2:
+            gevent.sleep(0.01)
+    gevent.killall([marks, loop])  # the worker dies: nothing was stored
+    jobs = connections.mongodb_jobs["mrq_jobs"]
+    assert {d["status"] for d in jobs.find()} == {"queued"}
+    result = requeue_dead_worker_jobs(broker.inflight(worker), worker)
+    assert sorted(result["recovered"]) == sorted([str(ended), str(retried)])
+    assert result["requeued"] == [str(running)]                     # it was running: it runs again
+    assert (Job(ended).fetch().data["result"], Job(ended).fetch().status) == (42, st.SUCCESS)
+    assert Job(retried).fetch().status == st.RETRY
+    assert get_broker().sizes(["default"])["default"] == (1, 1)    # 'running' requeued, 'retried' delayed
+    assert broker.inflight() == [] and broker.done_marks([str(ended), str(retried)]) == {}

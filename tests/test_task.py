@@ -40,8 +40,30 @@ def test_settings_precedence():
     s = task_settings(T + "RetryOn", config)
     assert (s.max_retries, s.queue, s.retry_on) == (7, "q", (KeyError,))  # TASKS wins
     assert task_settings(T + "Concurrent", DEFAULTS).max_concurrency == 2
+    assert task_settings(T + "Configured", DEFAULTS).timeout == 42  # a class attribute
+
+
+def test_every_setting_is_read_from_tasks():
+    entry = {"queue": "q", "timeout": 5, "max_retries": 7, "retry_delay": 1.5, "retry_backoff": 3,
+             "retry_max_delay": 9, "retry_on": ["KeyError"], "max_concurrency": 4, "result_ttl": 11,
+             "abort_ttl": 12, "cancel_ttl": 13, "default_ttl": 14}
+    for path in (T + "Configured", T + "add", "not.importable.Task"):
+        s = task_settings(path, dict(DEFAULTS, tasks={path: entry}))
+        assert {key: getattr(s, key) for key in entry} == dict(entry, retry_on=(KeyError,)), path
 
 
 def test_bad_retry_on():
     with pytest.raises(ConfigError, match="retry_on"):
         task_settings(T + "Add", dict(DEFAULTS, tasks={T + "Add": {"retry_on": ["not.AnException"]}}))
+
+
+def test_a_huge_retry_count_uses_the_max_delay():
+    """retry_backoff ** retry_count overflows a float past ~1000 retries: the retry_max_delay cap applies."""
+    from mrq.exceptions import RetryInterrupt
+    from mrq.job import Job
+    from mrq.task import task_settings
+
+    job = Job(None, {"path": "x.y", "retry_count": 5000})
+    job.settings = task_settings("x.y", dict(DEFAULTS, default_job_max_retries=10_000), load=False)
+    outcome = job._outcome_of(RetryInterrupt())
+    assert outcome.status == "retry" and outcome.delayed is not None

@@ -6,6 +6,7 @@ import signal
 
 from mrq.job import Job, queue_job, queue_jobs
 from mrq.logger import job_logs
+from mrq.testing import wait_for_idle
 
 T = "tests.tasks.general."
 
@@ -24,6 +25,9 @@ def test_simple_job_end_to_end(mrq_worker):
     report = mrq_worker.report()
     assert report["status"] == "stop"
     assert report["counters"]["success"] == 1
+    from mrq.context import get_broker
+    worker_id = str(report["_id"])
+    assert get_broker().alive([worker_id]) == {worker_id: False}  # a stopped worker is not alive
 
 
 def test_function_task_and_failure(mrq_worker):
@@ -67,16 +71,31 @@ def test_sigint_finishes_running_jobs(mrq_worker):
     assert statuses[2:] == ["queued"] * 3
 
 
+def test_sigint_stores_the_statuses_and_logs_still_buffered(mrq_worker):
+    """Statuses and log lines wait for the next flush (here in 30 s): stopping the worker stores them."""
+    from mrq.testing import wait_until
+    mrq_worker.start(env={"MRQ_FLUSH_INTERVAL": "30"})
+    job_id = queue_job(T + "Add", {"a": 20, "b": 22})
+    wait_until(lambda: (mrq_worker.report()["counters"].get("success") or 0) == 1, what="job done")
+    assert job_logs(job_id) == ""  # still buffered (and so may be its status)
+    assert mrq_worker.stop() == 0
+    assert Job(job_id).fetch().data["result"] == 42
+    assert "adding 20 and 22" in job_logs(job_id)
+
+
 def test_sigterm_interrupts_and_requeues(mrq_worker, mrq_config):
+    from mrq.context import get_broker
     mrq_worker.start("--greenlets", "2")
     ids = queue_jobs(T + "Sleep", [{"t": 30}] * 2)
     import time
     time.sleep(0.8)
+    waiting = queue_job(T + "Add", {"a": 1, "b": 1})  # the pool is full: it waits in the queue
     assert mrq_worker.stop(signal.SIGTERM) == 0
     for i in ids:
         assert Job(i).fetch().data["status"] == "interrupt"
-    from mrq.queue import Queue
-    assert Queue("default").size() == 2
+    listed = get_broker().list_ids("default")
+    assert sorted(listed[:2]) == sorted(str(i) for i in ids) and listed[2:] == [str(waiting)]  # at the head
+    assert get_broker().inflight() == []
 
 
 def test_retry_with_delay_comes_back_by_itself(mrq_worker):
@@ -138,8 +157,15 @@ def test_timeout_kills_job_and_subpool(mrq_worker, mrq_config):
         data = Job(job_id).fetch().data
         assert data["status"] == "timeout", data
         assert data["totaltime"] < 3
-    report = mrq_worker.report()
-    assert report["jobs"] == []
+    assert mrq_worker.stop() == 0
+    assert mrq_worker.report()["jobs"] == []  # the final report: no job left behind
+
+
+def test_a_task_that_swallows_its_timeout_and_goes_on_is_still_killed(mrq_worker):
+    mrq_worker.start(env={"MRQ_DEFAULT_JOB_TIMEOUT": "0.5"})
+    job_id = queue_job(T + "SleepSwallowingTimeout", {"t": 5, "then": 30})
+    mrq_worker.wait_for_idle(timeout=4)
+    assert Job(job_id).fetch().data["status"] == "timeout"
 
 
 def test_abort_and_unserialisable_result(mrq_worker):
@@ -167,18 +193,54 @@ def test_cancel_running_job_stops_it(mrq_worker):
     assert data["status"] == "cancel"
     assert mrq_worker.report()["jobs"] == []
     assert Job(running).cancel() is False  # already final
+    assert mrq_worker.stop() == 0
+    assert mrq_worker.report()["jobs"] == []
+    counters = mrq_worker.report()["counters"]
+    assert counters.get("cancel") == 1 and "interrupt" not in counters  # ended as cancelled...
+    assert "skipped" not in counters  # ... and never requeued
+
+
+def test_a_job_cancelled_between_its_fetch_and_its_start_is_stopped(mrq_worker, tmp_path):
+    """Cancelled after the worker fetched it (status queued then) but before its greenlet started: the kill
+    request must still stop it once it starts, not be lost (the job would run to its end, status 'cancel')."""
+    from mrq.testing import wait_until
+    dequeued = tmp_path / "dequeued"
+    mrq_worker.start("--plugins", "tests.plugins.slow_dequeued", env={"MRQ_SLOW_DEQUEUED_FILE": str(dequeued)})
+    job_id = queue_job(T + "Sleep", {"t": 30})
+    wait_until(dequeued.exists, what="job fetched")  # the plugin holds the batch until it is cancelled, and 1 s
+    assert Job(job_id).cancel() is True  # the heartbeat (every 0.2 s) reads the kill request meanwhile
+    mrq_worker.wait_for_idle(timeout=5)
+    assert Job(job_id).fetch().data["status"] == "cancel"
 
 
 def test_cancel_queued_job_never_runs(mrq_worker):
+    from bson import ObjectId
+
+    from mrq.context import get_broker
     queued = queue_job(T + "Add", {"a": 1, "b": 2})
     assert Job(queued).cancel() is True
+    get_broker().push("default", [str(ObjectId())])  # an id whose document is gone (deleted, expired): dropped
     mrq_worker.start()
-    mrq_worker.wait_for_idle()
+    mrq_worker.wait_for_idle(timeout=10)
     data = Job(queued).fetch().data
     assert data["status"] == "cancel"
     assert "result" not in data
     assert mrq_worker.stop() == 0
     assert mrq_worker.report()["counters"].get("skipped") == 1
+
+
+def test_a_concurrency_slot_expires_with_the_job_timeout(mrq_worker):
+    """A max_concurrency slot is held until the job ends or, if its worker dies, until its timeout (+ 30 s)."""
+    import time
+
+    from mrq.context import get_broker
+    from mrq.testing import wait_until
+    mrq_worker.start(env={"MRQ_DEFAULT_JOB_TIMEOUT": "20"})
+    job_id = queue_job(T + "Concurrent", {"t": 30})
+    broker = get_broker()
+    (slot,) = wait_until(lambda: broker.redis.zrange(broker.key("sem", T + "Concurrent"), 0, -1, withscores=True),
+                         what="slot taken")
+    assert slot[0].decode() == str(job_id) and 20 < slot[1] - time.time() <= 50, slot
 
 
 def test_requeue_failed_job(mrq_worker):
@@ -245,11 +307,13 @@ def test_max_concurrency_waits_instead_of_failing(mrq_worker_factory):
 def test_progress_subpool_and_run_task(mrq_worker):
     mrq_worker.start("--greenlets", "3")
     prog = queue_job(T + "Progress", {"steps": 3, "save": True})
+    early = queue_job(T + "Progress", {"steps": 4, "stop_after": 1, "t": 0})  # 0.25, then success
     sub = queue_job(T + "SubPool", {"values": [1, 2, 3]})
     nested = queue_job(T + "RunTask", {"a": 5})
     ctx = queue_job(T + "GetContext", {})
     mrq_worker.wait_for_idle()
     assert Job(prog).fetch().data["progress"] == 1.0
+    assert Job(early).fetch().data["progress"] == 1.0
     assert Job(sub).fetch().data["result"] == [1, 4, 9]
     assert "square 3" in job_logs(sub)
     assert Job(nested).fetch().data["result"] == 6
@@ -280,6 +344,17 @@ def test_queue_priority_pause_and_subqueues(mrq_worker):
     assert Job(paused).wait(timeout=10) == 6
 
 
+def test_parallel_strategy_takes_turns_between_queues(mrq_worker, tmp_path):
+    """--dequeue_strategy parallel: each dequeue starts from the next queue (sequential would run all of 'a'
+    first)."""
+    runs = tmp_path / "runs"
+    queue_of = {str(i): q for q in ("a", "b") for i in queue_jobs(T + "Record", [{"file": str(runs)}] * 3, queue=q)}
+    mrq_worker.start("--dequeue_strategy", "parallel", queues=("a", "b"))
+    mrq_worker.wait_for_idle()
+    order = [queue_of[line.split()[0]] for line in runs.read_text().splitlines()]
+    assert order in (["a", "b"] * 3, ["b", "a"] * 3)
+
+
 def test_whitelist_pushes_back_other_tasks(mrq_worker):
     mrq_worker.start("--task_whitelist", T + "add")
     allowed = queue_job(T + "add", {"a": 1, "b": 1})
@@ -290,8 +365,12 @@ def test_whitelist_pushes_back_other_tasks(mrq_worker):
     from mrq.context import get_broker
     sizes = get_broker().sizes(["default"])["default"]
     assert sum(sizes) == 1 and get_broker().inflight() == []  # pushed back, not dropped
-    mrq_worker.start()  # a worker that may run it does
+    blocked = queue_job(T + "add", {"a": 2, "b": 2})
+    mrq_worker.start("--task_blacklist", T + "add")  # a worker that may run it does; not the blacklisted one
     assert Job(other).wait(timeout=10) == 2
+    assert Job(blocked).fetch().data["status"] == "queued"
+    assert mrq_worker.stop() == 0
+    assert sum(get_broker().sizes(["default"])["default"]) == 1 and get_broker().inflight() == []  # pushed back
 
 
 def test_max_jobs_and_burst(mrq_worker):
@@ -300,9 +379,22 @@ def test_max_jobs_and_burst(mrq_worker):
     assert mrq_worker.proc.wait(30) == 0
     done = [Job(i).fetch().data["status"] for i in ids].count("success")
     assert done == 3
-    mrq_worker.start("--dequeue_strategy", "burst", wait=False)
+    chain = queue_job(T + "Chain", {"t": 0.3, "path": T + "add", "params": {"a": 9, "b": 0}})
+    mrq_worker.start("--dequeue_strategy", "burst", "--greenlets", "2", wait=False)
     assert mrq_worker.proc.wait(30) == 0
     assert {Job(i).fetch().data["status"] for i in ids} == {"success"}
+    chained = Job(chain).fetch().data["result"]  # queued by a running job: burst runs it before it exits
+    assert Job(chained).fetch().data["status"] == "success"
+
+
+def test_a_dequeue_that_leaves_ids_wakes_another_idle_worker(mrq_worker_factory):
+    """Two idle workers block on the queue's wake-up list (for up to 30 s here); one push of two jobs wakes one
+    worker, which takes one job (its only slot) and passes the wake-up on: the other worker takes the other."""
+    workers = [mrq_worker_factory(env={"MRQ_MAX_LATENCY": "30"}).start() for _ in range(2)]
+    ids = queue_jobs(T + "Sleep", [{"t": 1}] * 2)
+    wait_for_idle(timeout=10)
+    assert len({Job(i).fetch().data["worker"] for i in ids}) == 2
+    assert [w.stop() for w in workers] == [0, 0]
 
 
 def test_sigkill_leaves_in_flight_record(mrq_worker, mrq_config):
@@ -336,13 +428,18 @@ def test_orphaned_in_flight_ids_are_requeued(mrq_worker, mrq_config):
     mrq_worker.start()
     worker_id = str(mrq_worker.report()["_id"])
     broker = get_broker()
-    job_id = queue_job(T + "Add", {"a": 2, "b": 2}, queue="elsewhere")  # a queue the worker does not listen to
-    # As if this worker had popped it and lost the reply: in flight on it, a minute ago, for queue default.
+    job_id, recent = queue_jobs(T + "Add", [{"a": 2, "b": 2}] * 2, queue="elsewhere")  # not a queue of the worker
+    # As if this worker had popped them and lost the reply: in flight on it, for queue default, one two minutes
+    # ago (an orphan), one just now (maybe a dequeue whose reply is on its way: not an orphan yet).
     broker.redis.delete(broker.queue_key("elsewhere"))
-    broker.redis.hset(broker.inflight_key, str(job_id), f"{worker_id} {time.time() - 120} default")
+    broker.redis.hset(broker.inflight_key, mapping={str(job_id): f"{worker_id} {time.time() - 120} default",
+                                                    str(recent): f"{worker_id} {time.time()} default"})
     assert Job(job_id).wait(timeout=10) == 4
     assert mrq_worker.stop() == 0
     assert mrq_worker.report()["counters"]["orphans_requeued"] == 1
+    # The recent one was left alone while the worker ran, and put back in its queue when it stopped.
+    assert Job(recent).fetch().data["status"] == "queued"
+    assert broker.inflight() == [] and broker.list_ids("default") == [str(recent)]
 
 
 def test_double_sigint_interrupts(mrq_worker):
@@ -359,15 +456,19 @@ def test_double_sigint_interrupts(mrq_worker):
 
 def test_report_shows_running_jobs_with_stacks(mrq_worker):
     import time
+
+    from mrq.testing import wait_until
     mrq_worker.start("--greenlets", "3")
-    job_id = queue_job(T + "Sleep", {"t": 5})
+    job_id = queue_job(T + "Progress", {"steps": 2, "t": 5})
     deadline = time.time() + 10
     report = mrq_worker.report()
     while time.time() < deadline and not report["jobs"]:
         time.sleep(0.2)
         report = mrq_worker.report()
     (running,) = report["jobs"]
-    assert running["id"] == job_id and running["path"] == T + "Sleep"
+    assert running["id"] == job_id and running["path"] == T + "Progress" and running["progress"] == 0.5
+    # set_current_job_progress without save: stored on the job by the next report.
+    wait_until(lambda: Job(job_id).fetch().data.get("progress") == 0.5, timeout=10, what="progress stored")
     assert any("gevent.sleep" in line for line in running["stack"])
     assert report["status"] in ("wait", "spawn", "full") and report["greenlets"] == 3
     assert report["process"]["mem"]["rss"] > 10 and report["pid"] == mrq_worker.pid
@@ -378,21 +479,39 @@ def test_report_shows_running_jobs_with_stacks(mrq_worker):
 def test_max_time_and_max_memory_stop_gracefully(mrq_worker):
     mrq_worker.start("--max_time", "0.5", wait=False)
     assert mrq_worker.proc.wait(30) == 0
-    mrq_worker.start("--max_memory", "1", wait=False)
+    # Memory is checked every report interval (2 s here): the job runs at the first check, which stops the
+    # worker, and ends a second before the next one.
+    job_id = queue_job(T + "Sleep", {"t": 3})
+    mrq_worker.start("--max_memory", "1", env={"MRQ_REPORT_INTERVAL": "2"}, wait=False)
     assert mrq_worker.proc.wait(30) == 0
+    assert Job(job_id).fetch().data["status"] == "success"  # stopped gracefully: the running job ended
 
 
-def test_worker_waits_for_an_unreachable_mongodb_and_still_stops(mrq_worker):
-    import time
+def test_worker_waits_for_an_unreachable_mongodb_and_still_stops(mrq_urls, tmp_path):
+    """SIGINT is sent once the worker says it waits for MongoDB (a fixed sleep raced its start-up on a loaded
+    machine: the signal came before the worker's handler and killed it)."""
+    import os
+    import subprocess
+    import sys
 
     from mrq.servers import free_port
-    mrq_worker.start(env={"MRQ_MONGODB_JOBS": f"mongodb://127.0.0.1:{free_port()}/nothing?directConnection=true"},
-                     wait=False)
-    time.sleep(1.5)
-    assert mrq_worker.proc.poll() is None  # waiting, not crashed
-    t0 = time.monotonic()
-    assert mrq_worker.stop(signal.SIGINT, timeout=20) == 0
-    assert time.monotonic() - t0 < 10
+    from mrq.testing import FAST_WORKER_ENV, wait_until
+    stderr = tmp_path / "stderr"
+    env = dict(os.environ, **FAST_WORKER_ENV, MRQ_REDIS=mrq_urls.redis,
+               MRQ_MONGODB_JOBS=f"mongodb://127.0.0.1:{free_port()}/nothing?directConnection=true")
+    with open(stderr, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "mrq.cli", "worker"], env=env, stderr=err,
+                                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        wait_until(lambda: "is not reachable" in stderr.read_text() or proc.poll() is not None, timeout=60,
+                   what="the worker waiting for MongoDB")
+        assert proc.poll() is None, stderr.read_text()  # waiting, not crashed
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0, stderr.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_a_dead_kernel_service_stops_the_worker_and_says_so(mrq_worker):

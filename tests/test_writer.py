@@ -111,6 +111,8 @@ class _Faulty:
         self.collection = collection
         self.fail_find = 0
         self.slow_write = 0.0
+        self.during_write = None  # called inside bulk_write, before the write (a job ending meanwhile)
+        self.fail_write = 0       # then the write fails (after during_write)
 
     def find(self, *args, **kwargs):
         if self.fail_find:
@@ -122,6 +124,12 @@ class _Faulty:
         if self.slow_write:
             import gevent
             gevent.sleep(self.slow_write)
+        if self.during_write is not None:
+            self.during_write()
+            self.during_write = None
+        if self.fail_write:
+            self.fail_write -= 1
+            raise pymongo.errors.AutoReconnect("connection reset during the write")
         return self.collection.bulk_write(*args, **kwargs)
 
 
@@ -157,6 +165,63 @@ def test_a_failed_check_of_refused_writes_loses_nothing(parts):
         assert db["mrq_jobs"].find_one({"_id": cancelled})["status"] == "cancel"
     finally:
         loop.kill()
+
+
+def test_a_job_that_ends_during_a_write_is_acknowledged_only_with_its_own_write(parts):
+    """Job b ends while the batch of job a is being written: a is acknowledged, b stays in flight until the next
+    write stores its status (never acknowledged with another job's write)."""
+    db, broker = parts
+    a, b = _queued(db, 2)
+    broker.push("q", [str(a), str(b)])
+    broker.dequeue("worker", ["q"], 2)
+    faulty = _Faulty(db["mrq_jobs"])
+    writer = StatusWriter(faulty, broker, 0.05)
+    writer.finished(a, Outcome(st.SUCCESS, set={"status": st.SUCCESS}))
+    faulty.during_write = lambda: writer.finished(b, Outcome(st.SUCCESS, set={"status": st.SUCCESS}))
+    assert writer.flush_once() is True
+    assert [r.job_id for r in broker.inflight()] == [str(b)]
+    assert db["mrq_jobs"].find_one({"_id": b})["status"] == "queued"
+    assert writer.flush()
+    assert broker.inflight() == [] and db["mrq_jobs"].count_documents({"status": "success"}) == 2
+
+
+def test_a_job_that_ends_during_a_failed_write_keeps_its_end(parts):
+    """The batch holding a job's "started" fails while the job ends: the retried write stores the end (newer
+    changes win over the restored batch), never "started" with the job acknowledged."""
+    import gevent
+
+    db, broker = parts
+    (job_id,) = _queued(db, 1)
+    broker.push("q", [str(job_id)])
+    broker.dequeue("worker", ["q"], 1)
+    faulty = _Faulty(db["mrq_jobs"])
+    writer = StatusWriter(faulty, broker, 0.01)
+    writer.started(job_id, {"status": st.STARTED, "worker": "worker"})
+    gevent.sleep(0.05)  # the "started" status is older than one interval: it goes with the next write
+    faulty.during_write = lambda: writer.finished(job_id, Outcome(st.SUCCESS, set={"status": st.SUCCESS,
+                                                                                   "result": 1}))
+    faulty.fail_write = 1
+    assert writer.flush_once() is False
+    assert len(broker.inflight()) == 1
+    assert writer.flush()
+    doc = db["mrq_jobs"].find_one({"_id": job_id})
+    assert (doc["status"], doc["result"], doc["worker"]) == ("success", 1, "worker")
+    assert broker.inflight() == []
+
+
+def test_a_raising_status_callback_never_keeps_jobs_in_flight(parts):
+    db, broker = parts
+    (job_id,) = _queued(db, 1)
+    broker.push("q", [str(job_id)])
+    broker.dequeue("worker", ["q"], 1)
+
+    def broken(written):
+        raise RuntimeError("a broken callback")
+
+    writer = StatusWriter(db["mrq_jobs"], broker, 0.05, on_written=broken)
+    writer.finished(job_id, Outcome(st.SUCCESS, set={"status": st.SUCCESS}))
+    assert writer.flush_once() is True
+    assert broker.inflight() == [] and db["mrq_jobs"].find_one({"_id": job_id})["status"] == "success"
 
 
 def test_flush_timeout_during_a_write_keeps_the_batch_and_says_so(parts):

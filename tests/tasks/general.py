@@ -13,6 +13,7 @@ from mrq.context import (
     get_current_job,
     get_current_worker,
     log,
+    queue_job,
     retry_current_job,
     run_task,
     set_current_job_progress,
@@ -52,6 +53,7 @@ class SleepSwallowingTimeout(Task):
         try:
             gevent.sleep(params.get("t", 5))
         except BaseException:  # noqa: BLE001 - tests that a swallowed timeout still counts
+            gevent.sleep(params.get("then", 0))  # and, with "then", goes on working
             return "swallowed"
         return "slept"
 
@@ -82,7 +84,7 @@ class Abort(Task):
 
 class Progress(Task):
     def run(self, params: dict[str, Any]) -> Any:
-        for i in range(params.get("steps", 4)):
+        for i in range(params.get("stop_after", params.get("steps", 4))):
             set_current_job_progress((i + 1) / params.get("steps", 4), save=params.get("save", False))
             gevent.sleep(params.get("t", 0.1))
         return "done"
@@ -138,10 +140,19 @@ class Record(Task):
         return params.get("result", "recorded")
 
 
+class Chain(Task):
+    """Sleeps ``params["t"]`` seconds, then queues a job of ``params["path"]``; returns its id."""
+
+    def run(self, params: dict[str, Any]) -> Any:
+        gevent.sleep(params.get("t", 0))
+        return str(queue_job(params["path"], params.get("params", {})))
+
+
 class Configured(Task):
     """Settings given as class attributes (a TASKS entry overrides them)."""
 
     queue = "classq"
+    timeout = 42
     default_ttl = 500
     cancel_ttl = 700
 

@@ -176,6 +176,7 @@ class Cleaner:
                 # --max_worker_deaths workers; raw jobs go back into their raw queue.
                 result = requeue_dead_worker_jobs(batch, worker_id, self.config.get("max_worker_deaths"))
                 ids, poisoned = result["requeued"], result["poisoned"]
+                self.counters["ends_stored"] += len(result["recovered"])  # ended: stored, not run again
                 total += len(ids)
                 self.counters["dead_worker"] += len(ids)
                 self.counters["requeued"] += len(ids)
@@ -222,7 +223,7 @@ class Cleaner:
             if status == st.STARTED and started_filter is not None:
                 found = [d for d in found if started_filter(d)]
             docs += found
-        untracked = self._untracked(docs)
+        untracked = self._unchanged(self._untracked(docs))
         started = [d for d in untracked if d["status"] == st.STARTED]
         if started:
             untracked = [d for d in untracked if d["status"] != st.STARTED]
@@ -235,6 +236,15 @@ class Cleaner:
                     else:
                         untracked.append(d)
         return self._push(untracked, label)
+
+    def _unchanged(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The documents whose status did not change while Redis was scanned: a job dequeued and finished
+        meanwhile left no trace in Redis, but it is not lost (pushing it again would only make a worker skip it)."""
+        if not docs:
+            return []
+        now = {d["_id"]: d.get("status") for d in self.jobs.find({"_id": {"$in": [d["_id"] for d in docs]}},
+                                                                  {"status": 1})}
+        return [d for d in docs if now.get(d["_id"]) == d["status"]]
 
     def _untracked(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The documents whose id is in no Redis structure (list, delayed set, in flight)."""

@@ -92,9 +92,19 @@ def mrq_redis_data_lost(worker: Any) -> None:
     """Redis lost MRQ's data (or this is its first worker): rebuild the queues from MongoDB."""
     from mrq_cleaning.core import Cleaner
 
-    if bool(worker.config.get("cleaning_rebuild", True)):
-        cleaner = Cleaner(worker.config, worker.log, COUNTERS)
-        cleaner.run_locked("rebuild", cleaner.rebuild)
+    if not bool(worker.config.get("cleaning_rebuild", True)):
+        return
+    cleaner = Cleaner(worker.config, worker.log, COUNTERS)
+    while True:  # in its own greenlet: retried until MongoDB and Redis answer (the lost pass would catch up too)
+        try:
+            cleaner.run_locked("rebuild", cleaner.rebuild)
+            return
+        except gevent.GreenletExit:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            COUNTERS["errors"] += 1
+            worker.log.warning("cleaning: rebuild failed (%s: %s); retrying in 5 s", type(exc).__name__, exc)
+            gevent.sleep(5)
 
 
 @hookimpl
