@@ -16,7 +16,7 @@ from typing import Any
 from flask import Flask, Response, abort, jsonify, render_template, request
 from mrq.actions import FILTER_KEYS, cancel_jobs, count_matching, requeue_jobs
 from mrq.context import get_broker, get_plugin_manager
-from mrq.exceptions import JobNotFound, MRQError
+from mrq.exceptions import InvalidParams, JobNotFound, MRQError
 from mrq.job import Job, queue_job
 from mrq.queue import Queue
 from werkzeug.exceptions import HTTPException
@@ -135,6 +135,7 @@ def create_app(config: Mapping[str, Any]) -> Flask:
     # ------------------------------------------------------------------ errors: JSON, never a trace
     @app.errorhandler(BadRequest)
     @app.errorhandler(ValueError)
+    @app.errorhandler(InvalidParams)
     def bad_request(exc: Exception) -> tuple[Response, int]:
         return ok({"error": str(exc)}, 400)
 
