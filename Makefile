@@ -20,7 +20,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml $(wildcard plugins/*/setup.cfg)
 	@$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); echo "" >&2; echo "error: \`$(PYTHON) -m venv\` failed. On Debian/Ubuntu install the venv module with:" >&2; echo "    apt-get install python3-venv    (as root; or sudo apt-get install python3-venv)" >&2; echo "then run make again." >&2; exit 1; }
 	$(PY) -m pip install -q --upgrade pip || echo "(pip upgrade failed; going on with the bundled pip)"
 	$(PY) -m pip install -e '.[test]'
-	@for p in plugins/*/setup.cfg; do [ -f "$$p" ] || continue; d=$$(dirname "$$p"); echo "$(PY) -m pip install -e $$d"; $(PY) -m pip install -q -e "$$d" || exit 1; done
+	@for p in plugins/*/setup.cfg; do [ -f "$$p" ] || continue; d=$$(dirname "$$p"); e=$$d; grep -q '^test *=' "$$p" && e="$$d[test]"; echo "$(PY) -m pip install -e $$e"; $(PY) -m pip install -q -e "$$e" || exit 1; done
 	@touch $@
 
 # ruff and pytest both run; the target fails if either fails (pytest exit 5, "no tests collected", too).

@@ -63,7 +63,25 @@ def apply_embedded(config: dict[str, Any]) -> None:
     config["redis"], config["mongodb_jobs"] = ensure_servers()
 
 
-def _print_banner(redis_url: str, mongodb_uri: str, worker_pid: int) -> None:
+def _start_dashboard(env: dict[str, str]) -> tuple[Any, str | None]:
+    """Start ``mrq-dashboard`` (port 5555, else any free one) when the dashboard plugin is installed."""
+    import shutil
+
+    from mrq.plugins import installed_plugins
+
+    path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    script = shutil.which("mrq-dashboard", path=path)
+    if "dashboard" not in installed_plugins() or script is None:
+        return None, None
+    port = "5555" if not _answers(5555) else "0"
+    proc = subprocess.Popen([script, "--dashboard_port", port], env=env, stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline() if proc.stdout else ""  # "MRQ dashboard: http://127.0.0.1:5555/"
+    return proc, (line.split()[-1] if line.startswith("MRQ dashboard") else None)
+
+
+def _print_banner(redis_url: str, mongodb_uri: str, worker_pid: int, dashboard_url: str | None = None) -> None:
+    if dashboard_url:
+        print(f"\nDashboard: {dashboard_url}", flush=True)
     print(f"""
 MRQ is running on embedded servers (data in {EMBEDDED_DIR.resolve()}):
   Redis    {redis_url}
@@ -74,8 +92,10 @@ Try, in another terminal (same folder):
   mrq-run --embedded mrq.examples.tasks.Add '{{"a": 41, "b": 1}}'           # runs here, prints 42
   mrq-run --embedded --async --wait mrq.examples.tasks.Crawl '{{"pages": 20}}'  # queued, progress bar
   mrq-run --embedded --async mrq.examples.tasks.Fail '{{}}'                  # prints the job id
-Job documents (status, result, traceback) are in the mrq_jobs collection, logs in mrq_logs,
-workers in mrq_workers. Press Ctrl-C to stop the worker and the servers.
+{"See every job, queue and worker in the dashboard above." if dashboard_url else
+ "Job documents (status, result, traceback) are in the mrq_jobs collection, logs in mrq_logs, workers in "
+ "mrq_workers (pip install -e plugins/mrq_dashboard for the dashboard)."}
+Press Ctrl-C to stop everything.
 """, flush=True)
 
 
@@ -92,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_sigterm)  # stop the servers on SIGTERM too, not only on Ctrl-C
-    worker = None
+    worker = dashboard = None
     try:
         redis_url, mongodb_uri = ensure_servers()
         env = dict(os.environ, MRQ_REDIS=redis_url, MRQ_MONGODB_JOBS=mongodb_uri, MRQ_EMBEDDED="")
@@ -106,7 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         worker = subprocess.Popen([sys.executable, "-m", "mrq.cli", "worker", "--greenlets", "10",
                                    "--report_interval", "2", "--plugins", ",".join(plugins), *argv, "default"],
                                   env=env)
-        _print_banner(redis_url, mongodb_uri, worker.pid)
+        dashboard, dashboard_url = _start_dashboard(env)
+        _print_banner(redis_url, mongodb_uri, worker.pid, dashboard_url)
         print(seed.stdout, flush=True)
         while worker.poll() is None:
             time.sleep(0.5)
@@ -115,6 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             worker.send_signal(signal.SIGINT)
             worker.wait(60)
     finally:
+        if dashboard is not None and dashboard.poll() is None:
+            dashboard.send_signal(signal.SIGINT)
+            dashboard.wait(10)
         for server in _kept:
             server.stop()
     return worker.returncode or 0 if worker is not None else 0

@@ -39,6 +39,7 @@ from mrq.broker import RawPopped
 from mrq.config import Config
 from mrq.connections import ROUNDTRIPS
 from mrq.exceptions import CancelInterrupt, JobInterrupt, MaxConcurrencyInterrupt, StopRequested
+from mrq.history import History
 from mrq.indexes import ensure_indexes
 from mrq.job import JOBS, Job, Outcome, RawJob, utcnow
 from mrq.logger import JobLogHandler
@@ -95,6 +96,7 @@ class Worker:
         self.log_handler = JobLogHandler(self.id)
         self.log_handler.setFormatter(logging.Formatter(config["log_format"]))
         self._process = psutil.Process()
+        self.history = History()
 
     # ------------------------------------------------------------------ lifecycle
     def work(self) -> int:
@@ -648,6 +650,8 @@ class Worker:
                 "status_write_errors": self.writer.errors, "log_lines_dropped": self.log_handler.dropped,
                 "log_lines_truncated": self.log_handler.truncated},
         }
+        report["history"] = self.history.sample(self.counters, report["process"]["mem"]["rss"], cpu.user + cpu.system,
+                                                self.active_queues, self.broker.sizes)  # no cost per job
         try:
             self.plugins.hook.mrq_worker_report(worker=self, report=report)
         except Exception:

@@ -7,10 +7,14 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
+
+import pytest
 
 from mrq.context import connections, setup_context
 from mrq.embedded import ensure_servers
 from mrq.job import Job, queue_job
+from mrq.plugins import installed_plugins
 
 
 def test_embedded_servers_are_joined_by_other_commands(tmp_path, monkeypatch):
@@ -44,6 +48,14 @@ def test_mrq_embedded_runs_the_examples_and_stops_cleanly(tmp_path):
                 break
         text = "".join(lines)
         assert "MRQ is running on embedded servers" in text, text
+        dashboard = None
+        if "dashboard" in installed_plugins():  # printed first (before the banner; logs interleave), and serving
+            banner = next(i for i, line in enumerate(lines) if line.startswith("MRQ is running"))
+            first = next(line for line in lines if line.startswith("Dashboard: "))
+            assert first.startswith("Dashboard: http://127.0.0.1:") and lines.index(first) < banner, text
+            dashboard = first.split()[-1]
+            with urllib.request.urlopen(dashboard + "api/statuses", timeout=30) as response:
+                assert response.status == 200
         words = [w for line in lines for w in line.split()]
         redis_url = next(w for w in words if w.startswith("redis://"))
         mongodb_uri = next(w for w in words if w.startswith("mongodb://"))
@@ -58,6 +70,9 @@ def test_mrq_embedded_runs_the_examples_and_stops_cleanly(tmp_path):
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(60)
     assert code == 0
+    if dashboard is not None:  # stopped with the rest
+        with pytest.raises(OSError):
+            urllib.request.urlopen(dashboard, timeout=5)
     state = (tmp_path / ".mrq" / "servers.json").read_text()
     out = subprocess.run(["pgrep", "-f", str(tmp_path / ".mrq")], capture_output=True, text=True)
     assert out.stdout.strip() == "", f"servers left running: {out.stdout} ({state})"

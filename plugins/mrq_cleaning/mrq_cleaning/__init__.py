@@ -7,7 +7,7 @@ queues after Redis lost its data. The same passes are tasks, runnable by hand::
     mrq-run mrq_cleaning.RequeueLostJobs
     mrq-run mrq_cleaning.RequeueStartedJobs '{"timeout_margin": 60}'
 
-Bulk cancel/requeue by filter: :mod:`mrq_cleaning.actions`.
+Bulk cancel/requeue by filter: :mod:`mrq.actions` (re-exported by :mod:`mrq_cleaning.actions`).
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from typing import Any
 from mrq.config import Option
 from mrq.exceptions import ConfigError
 from mrq.hookspecs import hookimpl
+from mrq_scheduler.dashboard import mrq_dashboard_pages  # noqa: F401 - the "Scheduled jobs" page of mrq-dashboard
 from mrq_scheduler.entries import parse_entries
 from mrq_scheduler.scheduler import ORPHAN_TTL, Scheduler, min_orphan_ttl
 

@@ -1,0 +1,254 @@
+"""The dashboard in a real browser (Debian's headless Chromium driven by selenium), on real servers, a real
+``mrq-dashboard`` and real workers.
+
+``MRQ_DASHBOARD_SCREENSHOTS=<folder>`` also saves screenshots of the main pages there (the ones in the
+plugin's docs/ are made that way).
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TASKS, DashboardProcess
+from mrq.context import get_broker
+from mrq.job import Job, queue_job, queue_jobs
+from mrq.queue import Queue
+from mrq.testing import wait_until
+
+pytest.importorskip("selenium", reason="pip install -e 'plugins/mrq_dashboard[test]' (selenium)")
+from selenium.common.exceptions import NoAlertPresentException, NoSuchElementException  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+
+XSS = '<script>window.__xss=1</script><img src=x onerror="window.__xss=2">'
+
+
+@pytest.fixture(autouse=True)
+def blank_page(browser):
+    """Each test starts on a blank page with an empty console (the previous page stops polling)."""
+    browser.get("about:blank")
+    browser.get_log("browser")
+    yield
+    browser.get("about:blank")
+
+
+def wait_for(what, predicate, timeout=15.0):
+    """Poll a browser-side predicate (exceptions count as 'not yet')."""
+    def attempt():
+        try:
+            return predicate()
+        except (NoSuchElementException, AssertionError):
+            return None
+    return wait_until(attempt, timeout=timeout, what=what, poll=0.1)
+
+
+def text_of(browser, selector):
+    return browser.find_element(By.CSS_SELECTOR, selector).text
+
+
+def open_page(browser, server, path):
+    browser.get(server.url + path)
+    wait_for(f"{path} rendered", lambda: browser.execute_script("return document.readyState") == "complete")
+
+
+def no_js_errors(browser):
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE" and "favicon" not in e["message"]]
+    assert not errors, errors
+
+
+def test_failed_job_found_from_exceptions_page_then_requeued_after_the_fix(browser, dashboard, dash, tmp_path):
+    cause = tmp_path / "cause.txt"
+    job = queue_job(TASKS + "NeedsFile", {"path": str(cause)})
+    queue_jobs(TASKS + "Add", [{"a": i, "b": 1} for i in range(3)])
+    dash.worker("--greenlets", "2")
+    wait_until(lambda: Job(job).fetch().status == "failed", what="job failed")
+
+    open_page(browser, dashboard, "/exceptions")
+    link = wait_for("exception row", lambda: browser.find_element(By.LINK_TEXT, "FileNotFoundError"))
+    link.click()
+    row = wait_for("the failed job listed", lambda: browser.find_element(By.CSS_SELECTOR, f'tr[data-job="{job}"]'))
+    assert "NeedsFile" in row.text and "failed" in row.text
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#jobs tbody tr[data-job]:not(.details)")) == 1
+    row.find_element(By.CSS_SELECTOR, "td:nth-child(2) a").click()
+    traceback = wait_for("traceback shown", lambda: browser.find_element(By.CSS_SELECTOR, "pre.traceback"))
+    assert "FileNotFoundError" in traceback.text and "cause.txt" in traceback.text
+    assert "Traceback history (1)" in browser.find_element(By.ID, "job").text
+
+    cause.write_text("fixed")                                          # the cause is fixed...
+    browser.find_element(By.CSS_SELECTOR, "button.requeue").click()    # ...and the job requeued from its page
+    wait_for("success shown", lambda: browser.find_element(By.CSS_SELECTOR, "dl.fields .status-success"))
+    assert Job(job).fetch().data["result"] == "fixed"
+    assert "Traceback history (1)" in browser.find_element(By.ID, "job").text   # the failure stays in history
+    no_js_errors(browser)
+
+
+def test_running_job_logs_appear_while_it_runs(browser, dashboard, dash):
+    job = queue_job(TASKS + "Chatty", {"lines": 60, "every": 0.25})
+    dash.worker()
+    open_page(browser, dashboard, f"/jobs/{job}")
+    wait_for("first lines", lambda: "line 2 of a chatty job" in text_of(browser, "#logs"))
+    assert Job(job).fetch().status == "started"
+    seen = text_of(browser, "#logs").count("chatty job")
+    wait_for("more lines, live", lambda: text_of(browser, "#logs").count("chatty job") >= seen + 4)
+    assert Job(job).fetch().status == "started"                         # still running: streamed, not at the end
+    lines = text_of(browser, "#logs").splitlines()
+    numbers = [int(line.split("line ")[1].split()[0]) for line in lines if "chatty job" in line]
+    assert numbers == list(range(len(numbers)))                         # in order, none twice
+    Job(job).cancel()
+
+
+def test_running_job_cancelled_from_its_page_stops_within_2_s(browser, dashboard, dash):
+    job = queue_job(TASKS + "Chatty", {"lines": 1000, "every": 0.1})
+    dash.worker()
+    open_page(browser, dashboard, f"/jobs/{job}")
+    wait_for("started", lambda: browser.find_element(By.CSS_SELECTOR, "dl.fields .status-started"))
+    broker = get_broker()
+    assert broker.redis.hexists(broker.inflight_key, str(job))
+    browser.find_element(By.CSS_SELECTOR, "button.cancel").click()
+    # The greenlet is killed: the worker acknowledges the job, which leaves the in-flight record.
+    wait_until(lambda: not broker.redis.hexists(broker.inflight_key, str(job)), timeout=2.0, poll=0.02,
+               what="the running job stopped")
+    assert Job(job).fetch().status == "cancel"
+    wait_for("cancel shown", lambda: browser.find_element(By.CSS_SELECTOR, "dl.fields .status-cancel"))
+    lines = text_of(browser, "#logs").count("chatty job")
+    assert lines < 1000
+
+
+def test_queue_paused_from_the_queues_page_then_resumed(browser, dashboard, dash):
+    first = queue_job(TASKS + "Add", {"a": 1, "b": 1}, queue="pausable")
+    dash.worker(queues=("pausable",))
+    wait_until(lambda: Job(first).fetch().status == "success", what="first job done")
+    open_page(browser, dashboard, "/queues")
+    row = wait_for("queue row", lambda: browser.find_element(By.CSS_SELECTOR, 'tr[data-queue="pausable"]'))
+    row.find_element(By.CSS_SELECTOR, "button.pause").click()
+    wait_for("paused shown", lambda: browser.find_element(
+        By.CSS_SELECTOR, 'tr[data-queue="pausable"] .status-paused'))
+    assert Queue("pausable").is_paused()
+    held = queue_job(TASKS + "Add", {"a": 2, "b": 2}, queue="pausable")
+    time.sleep(1.5)                                                     # the worker polls every 0.1 s
+    assert Job(held).fetch().status == "queued" and Queue("pausable").size() == 1
+    browser.find_element(By.CSS_SELECTOR, 'tr[data-queue="pausable"] button.resume').click()
+    wait_until(lambda: Job(held).fetch().status == "success", what="dequeued after resume")
+    assert not Queue("pausable").is_paused()
+
+
+def test_bulk_cancel_says_how_many_jobs_before_doing_it(browser, dashboard, dash):
+    ids = queue_jobs(TASKS + "Add", [{"a": i, "b": 1} for i in range(7)], queue="bulky")
+    other = queue_job(TASKS + "Add", {"a": 1, "b": 1}, queue="other")
+    open_page(browser, dashboard, "/jobs?queue=bulky")
+    wait_for("rows", lambda: len(browser.find_elements(By.CSS_SELECTOR, "#jobs tr[data-job]:not(.details)")) == 7)
+    browser.find_element(By.ID, "bulk-cancel").click()
+    alert = wait_for("confirmation", lambda: _alert(browser))
+    assert "Cancel 7 job(s) matching queue=bulky?" == alert.text
+    alert.dismiss()                                                     # refused: nothing happens
+    time.sleep(0.3)
+    assert {Job(i).fetch().status for i in ids} == {"queued"}
+    browser.find_element(By.ID, "bulk-cancel").click()
+    wait_for("confirmation again", lambda: _alert(browser)).accept()
+    wait_for("result", lambda: "cancelled 7" in text_of(browser, "#bulk-result"))
+    assert {Job(i).fetch().status for i in ids} == {"cancel"} and Job(other).fetch().status == "queued"
+
+
+def _alert(browser):
+    try:
+        return browser.switch_to.alert
+    except NoAlertPresentException:
+        return None
+
+
+def test_job_data_is_shown_as_text_and_executes_nothing(browser, dashboard, dash):
+    evil = queue_job(TASKS + "Evil", {"html": XSS, XSS: "key"})
+    queue_job("x.<img/src=x/onerror=window.__xss=4>", {"a": XSS}, queue="<img/src=x/onerror=window.__xss=3>")
+    dash.worker()
+    wait_until(lambda: Job(evil).fetch().status == "failed", what="evil job failed")
+    wait_until(lambda: get_broker().redis.hlen(get_broker().inflight_key) == 0, what="logs flushed")
+    time.sleep(0.5)
+    for path in ("/", "/statuses", "/queues", "/workers", "/jobs", "/taskpaths", "/exceptions", f"/jobs/{evil}"):
+        open_page(browser, dashboard, path)
+        wait_for(f"{path} filled", lambda: browser.execute_script(
+            "return document.querySelectorAll('tbody tr, .card, #job dl').length") > 0)
+        if path == "/jobs":
+            for toggle in browser.find_elements(By.CSS_SELECTOR, "button.toggle"):
+                toggle.click()
+            wait_for("inline details", lambda: "log " in browser.find_element(By.CSS_SELECTOR, "pre.logs").text)
+        time.sleep(0.3)
+        assert browser.execute_script("return window.__xss") is None, path
+        assert browser.find_elements(By.CSS_SELECTOR, "main img, main script") == [], path
+    page = browser.find_element(By.TAG_NAME, "main").text                # the job page: everything as text
+    assert "<script>window.__xss=1</script><img src=x onerror=" in text_of(browser, "pre.params")   # JSON-quoted
+    assert "ValueError: " + XSS in text_of(browser, "pre.traceback")
+    assert "log " + XSS in text_of(browser, "#logs") and XSS in page
+    no_js_errors(browser)
+
+
+def test_read_only_hides_the_buttons_and_auth_is_required(browser, dashboard_urls, dash):
+    queue_job(TASKS + "Add", {"a": 1, "b": 1}, queue="ro")
+    server = DashboardProcess(dashboard_urls, ("--dashboard_readonly", "--dashboard_httpauth", "admin:pw"),
+                              auth="admin:pw")
+    try:
+        browser.get(server.url + "/jobs")                                 # no credentials: 401, nothing shown
+        assert browser.find_elements(By.ID, "jobs") == [] and "Jobs" not in browser.title
+        base = server.url.replace("http://", "http://admin:pw@")
+        browser.get(base + "/jobs")
+        wait_for("rows", lambda: browser.find_elements(By.CSS_SELECTOR, "#jobs tr[data-job]"))
+        assert browser.find_elements(By.CSS_SELECTOR, "main button.cancel, main button.requeue") == []
+        assert browser.find_elements(By.ID, "bulk") == []
+        assert "read-only" in browser.find_element(By.TAG_NAME, "header").text
+        browser.get(base + "/queues")
+        wait_for("queue row", lambda: browser.find_element(By.CSS_SELECTOR, 'tr[data-queue="ro"]'))
+        assert browser.find_elements(By.CSS_SELECTOR, "button.pause, button.resume") == []
+    finally:
+        server.stop()
+
+
+def test_scheduler_page_appears_with_the_scheduler_plugin(browser, dashboard_urls, dash, tmp_path):
+    pytest.importorskip("mrq_scheduler", reason="the scheduler plugin is not installed")
+    config = tmp_path / "mrq-config.py"
+    config.write_text(textwrap.dedent(f"""
+        PLUGINS = ["scheduler"]
+        SCHEDULER_TASKS = [{{"path": "{TASKS}Add", "params": {{"a": 1, "b": 2}}, "interval": 3600}},
+                           {{"path": "{TASKS}Add", "params": {{"a": 5, "b": 5}}, "dailytime": "03:00"}}]
+    """))
+    env = {"MRQ_CONFIG": str(config)}
+    worker = dash.worker(env=env)
+    wait_until(lambda: Job(queue_job(TASKS + "Add", {"a": 0, "b": 0})).wait(timeout=10) == 0, what="worker up")
+    server = DashboardProcess(dashboard_urls, env=env)
+    try:
+        open_page(browser, server, "/")
+        browser.find_element(By.LINK_TEXT, "Scheduled jobs").click()
+        wait_for("entries", lambda: len(browser.find_elements(By.CSS_SELECTOR, "#plugin-table tbody tr")) == 2)
+        table = text_of(browser, "#plugin-table")
+        assert "every 3600 s" in table or "3600" in table
+        assert "03:00" in table and f"{TASKS}Add" in table
+        last = browser.find_element(By.CSS_SELECTOR, "#plugin-table tbody a[href*='/jobs/']")   # the job it queued
+        assert last.text
+    finally:
+        server.stop()
+        worker.stop()
+
+
+@pytest.mark.skipif(not os.environ.get("MRQ_DASHBOARD_SCREENSHOTS"), reason="set MRQ_DASHBOARD_SCREENSHOTS=<dir>")
+def test_screenshots(browser, dashboard, dash, tmp_path):
+    """Not a check: the screenshots of the plugin's docs (MRQ_DASHBOARD_SCREENSHOTS=plugins/mrq_dashboard/docs)."""
+    out = Path(os.environ["MRQ_DASHBOARD_SCREENSHOTS"])
+    out.mkdir(parents=True, exist_ok=True)
+    queue_jobs(TASKS + "Add", [{"a": i, "b": i} for i in range(300)])
+    queue_jobs(TASKS + "NeedsFile", [{"path": str(tmp_path / f"missing-{i}")} for i in range(12)], queue="files")
+    queue_jobs(TASKS + "Chatty", [{"lines": 400, "every": 0.5}] * 3, queue="slow")
+    queue_jobs(TASKS + "Add", [{"a": i, "b": i} for i in range(40)], queue="later")
+    Queue("later").pause()
+    dash.worker("--greenlets", "4", queues=("default", "files", "slow"))
+    dash.worker("--greenlets", "2", queues=("default",))
+    wait_until(lambda: Queue("default").size() == 0, what="default drained", timeout=60)
+    time.sleep(2.5)
+    browser.set_window_size(1400, 900)
+    job = str(queue_jobs(TASKS + "Chatty", [{"lines": 400, "every": 0.3}], queue="slow")[0])
+    time.sleep(2)
+    for name, path in (("overview", "/"), ("queues", "/queues"), ("workers", "/workers"),
+                       ("jobs", "/jobs?status=failing"), ("exceptions", "/exceptions"), ("job", f"/jobs/{job}")):
+        open_page(browser, dashboard, path)
+        time.sleep(1.5)
+        browser.save_screenshot(str(out / f"{name}.png"))
