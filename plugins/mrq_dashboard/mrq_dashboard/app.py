@@ -273,7 +273,7 @@ def create_app(config: Mapping[str, Any]) -> Flask:
         return ok({"id": job_id, "requeued": job.requeue(queue=request.args.get("to_queue") or None)})
 
     def _body_filter() -> dict[str, Any]:
-        raw = request.get_data(cache=False, as_text=True) or "{}"
+        raw = request.get_data(cache=True, as_text=True) or "{}"
         try:
             body = json.loads(raw)
         except json.JSONDecodeError as exc:

@@ -108,4 +108,11 @@ def install(app: Flask, httpauth: str, readonly: bool, csrf_token: Any) -> None:
         response.headers["Referrer-Policy"] = "same-origin"
         if request.path.startswith("/api/") or response.mimetype == "text/html":
             response.headers["Cache-Control"] = "no-store"
+        if request.method == "POST":  # every action, refused ones included: who, what, on what, how it went
+            auth = request.authorization
+            body = request.get_data(cache=True, as_text=True)[:500] if request.content_length else ""
+            log.info("Dashboard action: %s %s%s%s by %s from %s -> %d", request.method, request.path,
+                     f"?{request.query_string.decode()}" if request.query_string else "",
+                     f" {body}" if body else "", auth.username if auth and auth.username else "-",
+                     request.remote_addr, response.status_code)
         return response

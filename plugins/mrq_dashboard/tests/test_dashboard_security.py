@@ -84,3 +84,22 @@ def test_loopback_detection():
     assert check_listen_address("0.0.0.0", "u:p", False) is None
     assert check_listen_address("0.0.0.0", "", True) is None
     assert "Refusing" in check_listen_address("0.0.0.0", "", False)
+
+
+def test_every_action_is_logged_with_who_what_and_the_outcome(protected, dash):
+    """The dashboard's audit trail: each POST is logged (logger mrq.dashboard, INFO) with the user, the route,
+    the filter and the HTTP status, refused ones included."""
+    import time
+
+    job = queue_job(TASKS + "Add", {"a": 1, "b": 1})
+    assert protected.post(f"/api/jobs/{job}/cancel").status == 200
+    assert protected.post("/api/jobs/requeue", body={"queue": "default", "status": "cancel"}).status == 200
+    assert protected.post(f"/api/jobs/{job}/cancel", token="wrong").status == 403
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and sum("Dashboard action" in line for line in protected.stderr) < 3:
+        time.sleep(0.05)
+    lines = [line for line in protected.stderr if "Dashboard action" in line]
+    assert len(lines) == 3, lines
+    assert f"POST /api/jobs/{job}/cancel" in lines[0] and "by admin from 127.0.0.1 -> 200" in lines[0]
+    assert '{"queue": "default", "status": "cancel"}' in lines[1] and "by admin" in lines[1]
+    assert lines[2].rstrip().endswith("-> 403")
