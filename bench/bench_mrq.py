@@ -4,7 +4,7 @@ Dramatiq, Celery, Huey and arq, all measured in the same run.
 
     python bench/bench_mrq.py                       # N=5000, 3 repeats, median of each metric
     python bench/bench_mrq.py --n 500 --repeats 1   # quick mode (about a minute)
-    python bench/bench_mrq.py --peers               # + the peers, interleaved with MRQ (~15 min)
+    python bench/bench_mrq.py --peers               # + the peers, interleaved with MRQ (11-13 min)
 
 Every job is the peers' job: it takes an int, returns it + 1 and appends ``"<arg> <start> <end>"`` to a stamp
 file in one ``O_APPEND`` write (``mrq_bench_tasks.py``, as ``../shared/bench/apps/bench_common.py``). **Processing
@@ -24,6 +24,7 @@ Each repeat:
    turns the payload into ``mrq_bench_tasks.noop(x=int(payload))``, ``statuses_no_storage = ("started",
    "success")``): bulk enqueue ``queue_raw_jobs`` in chunks of 1000 payloads, one-by-one enqueue (one call per
    payload), the worker with ``--config`` that file. Nothing may be written to ``mrq_jobs`` (no failure).
+   ``--raw-n`` jobs (default 4 x N: a processing window about as long as the fastest peer's at N).
 3. **Worker CPU per job**, for both: ``os.wait4`` gives the worker's CPU (user + system) of the whole run; the
    same command run just before on the same, empty queue gives the fixed cost (imports, connections, indexes,
    first and last report: ~0.4 s); CPU per job = (run - empty run) / N. A second estimate, the one used for the
@@ -32,9 +33,9 @@ Each repeat:
    **Round trips per job** = the ``redis_roundtrips`` / ``mongodb_roundtrips`` counters of the worker's final
    report in ``mrq_workers`` / N (the whole run, start-up included). **Loaded RSS** = peak RSS of the worker's
    process tree, 20 ms samples (as the peers harness).
-4. **MongoDB ceiling**: a plain pymongo client on a collection with MRQ's indexes and job-like documents:
-   ``insert_many``, ``bulk_write`` of ``UpdateOne`` by ``_id`` (the status writer's kind of write) in batches of
-   100 and 1000, ``find`` by ``_id $in`` in batches of G (the worker's fetch).
+4. **MongoDB ceiling**: a plain pymongo client on a collection with MRQ's indexes and min(N, 2000) job-like
+   documents: ``insert_many``, ``bulk_write`` of ``UpdateOne`` by ``_id`` (the status writer's kind of write) in
+   batches of 100 and 1000, ``find`` by ``_id $in`` in batches of G (the worker's fetch).
 5. **I/O-bound**: ``--io-n`` jobs of ``gevent.sleep(0.1)`` at G greenlets, bulk-enqueued, regular and raw; rate
    from the stamps as a fraction of the ceiling G / 0.1 s.
 6. **Latency** and **idle RSS**: one worker (not burst) on an empty regular and raw queue; its RSS once stable
@@ -43,7 +44,9 @@ Each repeat:
    enqueue call; p50 and p99.
 7. **Plugins overhead**: the regular run (bulk-enqueued) without plugins and with five no-op plugins
    (``--plugins mrq_bench_plugins:noop1,...``, every per-job hook), each on a fresh SecantusDB, in alternating
-   order; and the same pair on the raw queue. Overhead = 1 - rate with / rate without; CPU per job difference.
+   order; and the same pair on the raw queue. Overhead = 1 - rate with / rate without (paired, per repeat), and
+   the extra CPU per job x the rate without plugins (the share of a job's time they take: what the target is
+   judged on, as two identical SecantusDB-bound runs differ by up to 20%).
 8. With ``--peers``: ``peers_adapter.py`` under the peers' venv (/tmp/benchenv, made by
    ``../shared/bench/setup.sh`` if missing) runs ``peers_bench.run_trial`` unchanged for each config, adding
    the worker's CPU between first job start and last job end, and the idle RSS of each worker started with no
