@@ -573,7 +573,8 @@ class Bench:
         for kind in ("regular", "raw"):
             res: dict[str, Any] = {}
             for variant, plugins in order:
-                target = self.servers.fresh_mongodb() if kind == "regular" else self.servers.target
+                fresh = kind == "regular" and not self.args.same_mongodb
+                target = self.servers.fresh_mongodb() if fresh else self.servers.target
                 res[variant] = self.processing_run(target, rep, f"plug{kind}{variant}", raw=kind == "raw",
                                                    n=self.args.n if kind == "regular" else self.args.raw_n,
                                                    enqueue="bulk", plugins=plugins)
