@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import time
 from bisect import bisect_left
+from collections.abc import Callable
 from typing import Any
 
 _CLK = os.sysconf("SC_CLK_TCK")
@@ -95,7 +96,7 @@ class ProcSampler:
         return b - a if a is not None and b is not None else None
 
     def wait_idle(self, min_s: float = 2.0, stable_s: float = 1.0, max_s: float = 10.0, every: float = 0.1,
-                  alive: Any = None) -> float:
+                  alive: Callable[[], bool] | None = None) -> float:
         """Sample until the RSS has not changed by more than 1% for ``stable_s`` (at least ``min_s`` after the
         first sample, at most ``max_s``); return that RSS in bytes. ``alive()`` False stops early."""
         start = time.time()
