@@ -22,6 +22,7 @@ from mrq.context import log as job_log
 from mrq.exceptions import ConfigError
 from mrq.hookspecs import hookimpl
 
+from mrq_memtrace.dashboard import mrq_dashboard_pages, mrq_dashboard_panels  # noqa: F401 - its dashboard page
 from mrq_memtrace.growth import backref_graph, clean_caches, growth, rss, type_counts
 from mrq_memtrace.sites import SiteTracker
 
