@@ -40,7 +40,7 @@ def test_a_job_that_kills_its_workers_ends_as_maxworkerdeaths(mrq_worker, tmp_pa
     good = queue_job(T + "Add", {"a": 1, "b": 2})
     mrq_worker.start("--processes", "2", *args, queues=("default",), env=CLEANING_FAST, wait=False)
     try:
-        wait_until(lambda: Job(poison).fetch().status == st.MAXWORKERDEATHS, timeout=90, what="the poison contained")
+        wait_until(lambda: Job(poison).fetch().status == st.MAXWORKERDEATHS, timeout=120, what="the poison contained")
         assert Job(good).wait(timeout=30) == 3
         data = Job(poison).fetch().data
         assert data["worker_deaths"] == 3 and data["exceptiontype"] == WORKER_DIED

@@ -53,6 +53,8 @@ _LIST_CHUNK = 10_000
 #: Ids per ``$in`` query: some servers check an ``$in`` list against each document (SecantusDB: 1,000 ids take
 #: 1.5 s, 250 ids 0.1 s), so long lists are split.
 _IN_BATCH = 250
+#: Seconds a pass's lock lives without being extended (it is extended every quarter of that while the pass runs).
+_LEASE = 20.0
 _BATCH = 1000
 
 def push_if_absent(broker: Broker, queue: str, entries: Sequence[tuple[str, float, bool]],
@@ -132,10 +134,22 @@ class Cleaner:
         last_key = self.broker.key("cleaning", "last", name)
         if interval and r.exists(last_key):
             return None
-        lock = r.lock(self.broker.key("cleaning", "lock", name), timeout=max(120.0, 3 * interval),
+        # A short lease, extended while the pass runs: a worker killed in the middle of a pass (it may be running
+        # the very job that kills it) holds the pass up for at most _LEASE seconds.
+        lock = r.lock(self.broker.key("cleaning", "lock", name), timeout=_LEASE,
                       blocking=blocking_timeout is not None, blocking_timeout=blocking_timeout)
         if not lock.acquire():
             return None
+
+        def keep() -> None:
+            while True:
+                gevent.sleep(_LEASE / 4)
+                try:
+                    lock.extend(_LEASE, replace_ttl=True)
+                except redis.exceptions.RedisError:  # lost (expired) or Redis down: the pass goes on regardless
+                    return
+
+        keeper = gevent.spawn(keep)
         try:
             if interval and r.exists(last_key):
                 return None
@@ -147,6 +161,7 @@ class Cleaner:
             self.counters[f"pass_{name}_ms"] = int((time.perf_counter() - start) * 1000)
             return result
         finally:
+            keeper.kill()
             try:
                 lock.release()
             except redis.exceptions.LockError:  # expired meanwhile
