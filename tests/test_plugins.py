@@ -163,7 +163,8 @@ def test_a_plugin_installed_after_a_first_run_is_found_by_the_next_process(tmp_p
     env = {"XDG_CACHE_HOME": str(cache)}
     first = run_cli("plugins", env=env, pythonpath=[str(site)])
     assert first.returncode == 0 and "latecomer" not in first.stdout, first.stderr
-    assert list((cache / "python-entrypoints").iterdir())  # the cache was written
+    if not sys.executable.startswith("/tmp"):  # stevedore keeps no cache for an interpreter under /tmp
+        assert list((cache / "python-entrypoints").iterdir())  # the cache was written
     info = site / "mrq_latecomer-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mrq-latecomer\nVersion: 0.1\n")
