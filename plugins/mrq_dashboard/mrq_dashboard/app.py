@@ -23,6 +23,7 @@ from werkzeug.exceptions import HTTPException
 
 from mrq_dashboard import __version__
 from mrq_dashboard.cache import SharedCache
+from mrq_dashboard.hosts import AllowedHosts
 from mrq_dashboard.openapi import openapi_spec
 from mrq_dashboard.readmodel import STATUS_GROUPS, NotFound, ReadModel
 from mrq_dashboard.security import csrf_token_for, install
@@ -127,7 +128,9 @@ def create_app(config: Mapping[str, Any]) -> Flask:
             token["value"] = csrf_token_for(get_broker())
         return token["value"]
 
-    install(app, str(config.get("dashboard_httpauth") or ""), readonly, csrf_token)
+    hosts = AllowedHosts(config.get("dashboard_allowed_hosts") or [], str(config.get("dashboard_ip", "127.0.0.1")))
+    install(app, str(config.get("dashboard_httpauth") or ""), readonly, csrf_token, hosts)
+    log.info("Dashboard: answering the Host names %s (--dashboard_allowed_hosts)", hosts)
 
     def ok(data: Any, status: int = 200) -> tuple[Response, int]:
         return jsonify(jsonable(data)), status

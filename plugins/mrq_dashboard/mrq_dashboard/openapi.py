@@ -61,7 +61,8 @@ def openapi_spec(version: str) -> dict[str, Any]:
             "parameters": [{"name": n, "in": "query", "required": False, "description": d,
                             "schema": {"type": "string"}} for n, d in params],
             "responses": {"200": {"description": "JSON object (ids and dates as strings)."},
-                          "400": {"description": "Bad argument: {error: message}."},
+                          "400": {"description": "Bad argument, or a Host not in --dashboard_allowed_hosts: "
+                                                 "{error: message}."},
                           "401": {"description": "--dashboard_httpauth is set and not given."}},
         }
         for name in ("job_id", "name"):

@@ -12,6 +12,7 @@ from mrq.exceptions import ConfigError
 from mrq.hookspecs import hookimpl
 
 from mrq_dashboard.hookspecs import DashboardSpecs
+from mrq_dashboard.hosts import check_allowed_hosts
 
 COMMANDS = ("dashboard",)
 
@@ -37,6 +38,11 @@ def mrq_add_options() -> list[Option]:
                "dashboard request ('' = in the dashboard, the default).", commands=d),
         Option("dashboard_readonly", bool, False,
                "Read-only dashboard: every POST is refused (403) and the action buttons are hidden.", commands=d),
+        Option("dashboard_allowed_hosts", list, [],
+               "Host names the dashboard answers, besides localhost, *.localhost, IP addresses and the name of "
+               "--dashboard_ip (the machine's names when it is 0.0.0.0 or ::): 'mrq.example.com', "
+               "'.example.com' (the domain and its subdomains); '*' = no check (a proxy checks Host). Other "
+               "names get a 400: the defence against DNS rebinding.", commands=d, check=check_allowed_hosts),
         Option("dashboard_allow_public", bool, False,
                "Allow listening on a non-loopback address without --dashboard_httpauth (anyone who reaches "
                "the port controls your jobs).", commands=d),

@@ -1,11 +1,14 @@
-"""The dashboard's protections: HTTP Basic auth on every route, CSRF token on every POST, read-only mode,
-security headers, and the refusal to listen on a public address without auth.
+"""The dashboard's protections: the Host check, HTTP Basic auth on every route, CSRF token on every POST,
+read-only mode, security headers, and the refusal to listen on a public address without auth.
 
+* First of all, a request whose ``Host`` is not allowed (:mod:`mrq_dashboard.hosts`,
+  ``--dashboard_allowed_hosts``) answers 400, on every route: with DNS rebinding, a page of another site
+  would otherwise be same-origin with the dashboard. Refusals are logged (a warning per host and minute).
 * ``--dashboard_httpauth user:password``: every route, static files included, answers 401 without it.
 * Every POST needs the header ``X-CSRF-Token`` equal to ``csrf_token`` of ``GET /api/config`` (403 otherwise).
   The token is shared by every dashboard process of one Redis (stored once, ``SET NX``, under the MRQ
-  prefix), so it also works behind a load balancer; a page of another site cannot read it (no CORS), so it
-  cannot forge the header.
+  prefix), so it also works behind a load balancer; a page of another site cannot read it (no CORS, and the
+  Host check stops DNS rebinding), so it cannot forge the header.
 * ``--dashboard_readonly``: every POST answers 403.
 * Headers: a Content-Security-Policy allowing scripts, styles and connections to this origin only (no
   inline script, no ``eval``), ``frame-ancestors 'none'`` and ``X-Frame-Options: DENY``,
@@ -21,11 +24,14 @@ import ipaddress
 import logging
 import secrets
 import socket
+import time
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
 
-__all__ = ["install", "csrf_token_for", "is_loopback", "CSP", "check_listen_address"]
+from mrq_dashboard.hosts import AllowedHosts, host_name
+
+__all__ = ["install", "csrf_token_for", "is_loopback", "CSP", "check_listen_address", "host_refusal"]
 
 log = logging.getLogger("mrq.dashboard")
 
@@ -81,11 +87,54 @@ def _authorized(expected: str) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
 
 
-def install(app: Flask, httpauth: str, readonly: bool, csrf_token: Any) -> None:
-    """Register the checks and headers on ``app``; ``csrf_token`` is a callable returning the token."""
+#: Seconds between two warnings about the same refused Host.
+REFUSAL_LOG_INTERVAL = 60.0
+
+
+def host_refusal(header: str, api: bool) -> Response:
+    """The 400 answer to a request whose ``Host`` is not allowed: JSON for the API, plain text otherwise."""
+    shown = header if len(header) <= 100 else header[:100] + "..."
+    name = host_name(header)
+    message = (f"Host {shown!r} is not allowed: this dashboard only answers the names it knows (the check against "
+               f"DNS rebinding). If you reach it by this name, add {name or 'the name (without the port)'} to "
+               "--dashboard_allowed_hosts (MRQ_DASHBOARD_ALLOWED_HOSTS, or DASHBOARD_ALLOWED_HOSTS in "
+               "mrq-config.py) and restart it.")
+    response = jsonify({"error": message}) if api else Response(message + "\n", mimetype="text/plain")
+    response.status_code = 400
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def install(app: Flask, httpauth: str, readonly: bool, csrf_token: Any,
+            allowed_hosts: AllowedHosts | None = None) -> None:
+    """Register the checks and headers on ``app``; ``csrf_token`` is a callable returning the token.
+
+    :param allowed_hosts: the Host names answered (``None``: the default, :class:`AllowedHosts` ``()``).
+    """
+    hosts = AllowedHosts() if allowed_hosts is None else allowed_hosts
+    logged: dict[str, tuple[float, int]] = {}  # refused host -> (time of its last warning, refusals since)
+
+    def log_refusal(header: str) -> None:
+        key = (host_name(header) or header)[:100]
+        now = time.monotonic()
+        last, since = logged.get(key, (float("-inf"), 0))
+        if now - last < REFUSAL_LOG_INTERVAL:
+            logged[key] = (last, since + 1)
+            return
+        if len(logged) >= 1000:  # many hosts: forget them rather than grow
+            logged.clear()
+        logged[key] = (now, 0)
+        log.warning("Dashboard: refused %s %s from %s: Host %r is not allowed (allowed: %s)%s. A DNS rebinding "
+                    "attempt, or a name of the dashboard it does not know: then add it to "
+                    "--dashboard_allowed_hosts.", request.method, request.path, request.remote_addr, header[:100],
+                    hosts, f"; {since} more refusals of it since the last warning" if since else "")
 
     @app.before_request
     def check_request() -> Response | tuple[Response, int] | None:
+        header = request.environ.get("HTTP_HOST")
+        if not hosts.allows(header):  # before anything else: auth, CSRF, static files, the routes
+            log_refusal(str(header))
+            return host_refusal(str(header), request.path.startswith("/api/"))
         if httpauth and not _authorized(httpauth):
             response = jsonify({"error": "Authentication required (HTTP Basic, --dashboard_httpauth)."})
             response.status_code = 401

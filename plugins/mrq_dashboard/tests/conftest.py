@@ -93,9 +93,11 @@ class DashboardProcess:
             self._token = self.api("config")["csrf_token"]
         return self._token
 
-    def post(self, path: str, body: Any = None, token: str | None = "default", **kwargs: Any) -> Response:
-        headers = {"X-CSRF-Token": self.token if token == "default" else token} if token else {}
-        return self.request("POST", path, body=body if body is not None else {}, headers=headers, **kwargs)
+    def post(self, path: str, body: Any = None, token: str | None = "default", headers: dict[str, str] | None = None,
+             **kwargs: Any) -> Response:
+        sent = {"X-CSRF-Token": self.token if token == "default" else token} if token else {}
+        return self.request("POST", path, body=body if body is not None else {}, headers={**sent, **(headers or {})},
+                            **kwargs)
 
     def stop(self) -> int:
         if self.proc.poll() is None:

@@ -23,7 +23,7 @@ def test_help_lists_the_options():
     result = subprocess.run([SCRIPT, "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     for option in ("--dashboard_port", "--dashboard_ip", "--dashboard_httpauth", "--dashboard_queue",
-                   "--dashboard_readonly", "--redis", "--mongodb_jobs", "--plugins"):
+                   "--dashboard_readonly", "--dashboard_allowed_hosts", "--redis", "--mongodb_jobs", "--plugins"):
         assert option in result.stdout, option
     assert "MRQ_DASHBOARD_PORT" in result.stdout
 
@@ -62,6 +62,7 @@ def test_bad_arguments_exit_2_with_a_message(dashboard_urls, dash):
         (["--dashboard_port", "abc"], "dashboard_port"),
         (["--dashboard_port", "70000"], "not a TCP port"),
         (["--dashboard_httpauth", "nocolon"], "user:password"),
+        (["--dashboard_allowed_hosts", "http://mrq.example.com"], "not a host name"),
         (["--no-such-option"], "unrecognized arguments"),
         (["--redis", "http://nope"], "not a Redis URI"),
         (["--plugins", "nosuchplugin"], "Unknown plugin 'nosuchplugin'"),
