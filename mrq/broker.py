@@ -6,7 +6,8 @@ Cluster. Keys:
 
 =============================  ======  ===================================================
 ``{p}:q:<queue>``              list    ids waiting to run, popped from the left
-``{p}:d:<queue>``              zset    delayed ids, scored by the unix time they are due
+``{p}:d:<queue>``              zset    delayed ids, scored by the unix time they are due; a raw queue's jobs
+                                       waiting for a max_concurrency slot ("<id> <score|-> <payload>")
 ``{p}:n:<queue>``              list    wake-up tokens for idle workers (BLPOP), trimmed to 10
 ``{p}:queues``                 set     queues with ids waiting or delayed (an emptied queue is forgotten)
 ``{p}:inflight``               hash    job id -> "<worker id> <unix time> <queue>"
@@ -16,7 +17,9 @@ Cluster. Keys:
 ``{p}:paused``                 set     paused queues (``q/`` pauses every ``q/...``)
 ``{p}:epoch``                  string  marker: missing means Redis lost MRQ's data (set again by a heartbeat)
 ``{p}:sem:<task path>``        zset    max_concurrency slots: job id scored by expiry
-``{p}:semwait:<task path>``    list    jobs waiting for a slot ("<queue> <id>"), woken by a release
+``{p}:semheld``                hash    job id -> task path of each slot taken (recovery frees a dead job's slot)
+``{p}:semwait:<task path>``    zset    jobs waiting for a slot ("<queue> <member of d:queue>", one entry per
+                                       job), scored by the due time of their fallback; woken by a release
 =============================  ======  ===================================================
 """
 
@@ -43,8 +46,10 @@ __all__ = ["Broker", "InFlight", "AckBatch", "RawPopped", "queue_kind", "RAW_SUF
 # (score = unix time when due; with pushback seconds > 0 a due member is re-scored instead of removed).
 # Due delayed ids are moved to their list first, then jobs are popped in queue order and each is recorded in
 # flight in the same atomic step: "<worker> <now> <queue>" for an id, "<worker> <now> <queue> <score|-> <payload>"
-# for a raw job (under a fresh id). A queue left with nothing waiting is forgotten (removed from the known set,
-# its notify list deleted): every push adds it back in the same atomic step as its ids, so none is missed.
+# for a raw job (under a fresh id; a raw queue's jobs parked in its delayed zset for a max_concurrency slot,
+# "<id> <score|-> <payload>", come first when due or woken, under the id they were parked with).
+# A queue left with nothing waiting is forgotten (removed from the known set, its notify list deleted): every
+# push adds it back in the same atomic step as its ids, so none is missed.
 # Returns {flat list of queue, id..., flat list of queue, id, payload, score ('' for lists and sets)...}.
 _DEQUEUE = """
 local worker, now_s = ARGV[1], ARGV[2]
@@ -82,33 +87,51 @@ for i = 1, nq do
         popped = #ids
       end
     else
-      local items, scores = {}, {}
-      if kind == 'l' then
-        items = redis.call('LPOP', qkey, n) or {}
-      elseif kind == 's' then
-        items = redis.call('SPOP', qkey, n)
-      else
-        local flat
-        if kind == 'z' then
-          flat = redis.call('ZPOPMIN', qkey, n)
+      -- Jobs parked for a max_concurrency slot come first, under the id they were parked with.
+      local items, scores, ids = {}, {}, {}
+      local parked = redis.call('ZRANGEBYSCORE', dkey, '-inf', now_s, 'LIMIT', 0, n)
+      if #parked > 0 then
+        redis.call('ZREM', dkey, unpack(parked))
+        for j = 1, #parked do
+          local pid, score, payload = string.match(parked[j], '^(%S+) (%S+) (.*)$')
+          items[j], ids[j] = payload, pid
+          if score ~= '-' then scores[j] = score end
+        end
+      end
+      local m = n - #parked
+      if m > 0 then
+        if kind == 'l' or kind == 's' then
+          local fresh
+          if kind == 'l' then fresh = redis.call('LPOP', qkey, m) else fresh = redis.call('SPOP', qkey, m) end
+          for _, item in ipairs(fresh or {}) do items[#items + 1] = item end
         else
-          flat = redis.call('ZRANGEBYSCORE', qkey, '-inf', now_s, 'WITHSCORES', 'LIMIT', 0, n)
-        end
-        for j = 1, #flat, 2 do
-          items[#items + 1] = flat[j]
-          scores[#items] = flat[j + 1]
-        end
-        if kind == 't' and #items > 0 then
-          if pushback > 0 then
-            for j = 1, #items do redis.call('ZADD', qkey, now + pushback, items[j]) end
+          local flat
+          if kind == 'z' then
+            flat = redis.call('ZPOPMIN', qkey, m)
           else
-            redis.call('ZREM', qkey, unpack(items))
+            flat = redis.call('ZRANGEBYSCORE', qkey, '-inf', now_s, 'WITHSCORES', 'LIMIT', 0, m)
+          end
+          local fresh = {}
+          for j = 1, #flat, 2 do
+            items[#items + 1] = flat[j]
+            scores[#items] = flat[j + 1]
+            fresh[#fresh + 1] = flat[j]
+          end
+          if kind == 't' and #fresh > 0 then
+            if pushback > 0 then
+              for j = 1, #fresh do redis.call('ZADD', qkey, now + pushback, fresh[j]) end
+            else
+              redis.call('ZREM', qkey, unpack(fresh))
+            end
           end
         end
       end
       for j = 1, #items do
-        local id = ARGV[next_id]
-        next_id = next_id + 1
+        local id = ids[j]
+        if not id then
+          id = ARGV[next_id]
+          next_id = next_id + 1
+        end
         local rec = worker .. ' ' .. now_s .. ' ' .. name .. ' ' .. (scores[j] or '-') .. ' ' .. items[j]
         redis.call('HSET', KEYS[1], id, rec)
         raw[#raw + 1] = name
@@ -130,16 +153,17 @@ for i = 1, nq do
   else
     left = redis.call('ZCOUNT', qkey, '-inf', now_s)
   end
+  if kind ~= 'r' then
+    left = left + redis.call('ZCOUNT', dkey, '-inf', now_s)
+  end
   if left > 0 then
     if popped > 0 then
       redis.call('LPUSH', nkey, '1')
       redis.call('LTRIM', nkey, 0, 9)
     end
   elseif string.sub(name, -1) ~= '/' then
-    local empty = true
-    if kind == 'r' then
-      empty = redis.call('ZCARD', dkey) == 0
-    elseif kind == 't' then
+    local empty = redis.call('ZCARD', dkey) == 0
+    if empty and kind == 't' then
       empty = redis.call('ZCARD', qkey) == 0
     end
     if empty then
@@ -151,41 +175,57 @@ end
 return {out, raw}
 """
 
-# KEYS: [1] semaphore zset of the task, [2] its waiting list, [3] in-flight hash, [4] delayed zset of the job's
-#       queue, [5] known-queues set.
-# ARGV: [1] job id, [2] limit, [3] now, [4] expiry of the slot, [5] the job's queue ('' = do not defer),
-#       [6] due time of a deferred job.
-# Drops expired holders, then takes a slot if one is free: returns 1. Else, with a queue, the job waits, in the
-# same atomic step: out of flight, into its queue's delayed set (due at [6], a fallback) and the task's waiting
-# list (a finishing job of the task wakes it: see _WAKE); returns 0.
+# KEYS: [1] semaphore zset of the task, [2] its waiting zset, [3] in-flight hash, [4] delayed zset of the job's
+#       queue, [5] known-queues set, [6] slot index hash (job id -> task path).
+# ARGV: [1] job id, [2] limit, [3] now, [4] expiry of the slot, [5] the job's queue ('' = do not defer), [6] due
+#       time of a deferred job, [7] task path, [8] the job's member in the delayed zset: its id, or for a raw job
+#       "<id> <score|-> <payload>".
+# Drops expired holders, then takes a slot if one is free (the job's waiting entry, if any, goes): returns 1. Else,
+# with a queue, the job waits, in the same atomic step: out of flight, parked in its queue's delayed zset (due at
+# [6], a fallback) and in the task's waiting zset, one entry per job scored by that due time (a release promotes
+# it only while it is still parked for that deferral: see _PROMOTE); returns 0.
 _ACQUIRE = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 1 end
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+if #expired > 0 then
+  redis.call('ZREM', KEYS[1], unpack(expired))
+  redis.call('HDEL', KEYS[6], unpack(expired))
+end
+local waiter = ARGV[5] .. ' ' .. ARGV[8]
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
   redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
+  redis.call('HSET', KEYS[6], ARGV[1], ARGV[7])
+  if ARGV[5] ~= '' then redis.call('ZREM', KEYS[2], waiter) end
   return 1
 end
 if ARGV[5] ~= '' then
   redis.call('HDEL', KEYS[3], ARGV[1])
-  redis.call('ZADD', KEYS[4], ARGV[6], ARGV[1])
+  redis.call('ZADD', KEYS[4], ARGV[6], ARGV[8])
   redis.call('SADD', KEYS[5], ARGV[5])
-  redis.call('RPUSH', KEYS[2], ARGV[5] .. ' ' .. ARGV[1])
+  redis.call('ZADD', KEYS[2], ARGV[6], waiter)
 end
 return 0
 """
 
-# KEYS: [1] a waiting list of a task. ARGV: [1] how many to take.
-# Pops the oldest waiters ("<queue> <id>"), to be promoted with _PROMOTE.
+# KEYS: [1] a waiting zset of a task. ARGV: [1] how many to take.
+# Pops the waiters whose fallback is due first ("<queue> <member>" and its due time), to be promoted with _PROMOTE.
 _WAKE = """
-return redis.call('LPOP', KEYS[1], tonumber(ARGV[1])) or {}
+return redis.call('ZPOPMIN', KEYS[1], tonumber(ARGV[1]))
 """
 
-# KEYS: [1] delayed zset of a queue, [2] the queue list, [3..] its wake-up lists. ARGV: [1] job id.
-# Moves a waiting job from the delayed set to the head of its queue, if it is still there (a stale waiter,
-# already run by its fallback due time, is not); returns 1 if moved.
+# KEYS: [1] delayed zset of a queue, [2] the queue list, [3..] its wake-up lists.
+# ARGV: [1] the waiter's member in [1], [2] the due time of its deferral, [3] '1' for a raw queue.
+# Wakes a job parked for a slot if it is still parked for that deferral (same due time: a stale waiter, a job
+# already run by its fallback and now delayed for another reason, a retry, is left alone): a regular id moves to
+# the head of its queue, a raw job becomes due at once (the dequeue takes parked raw jobs first). Returns 1 if woken.
 _PROMOTE = """
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('LPUSH', KEYS[2], ARGV[1])
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if (not score) or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
+if ARGV[3] == '1' then
+  redis.call('ZADD', KEYS[1], 0, ARGV[1])
+else
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('LPUSH', KEYS[2], ARGV[1])
+end
 for k = 3, #KEYS do
   redis.call('LPUSH', KEYS[k], '1')
   redis.call('LTRIM', KEYS[k], 0, 9)
@@ -193,20 +233,24 @@ end
 return 1
 """
 
-# KEYS: [1] inflight hash, [2] known-queues set, then for each record its (target queue key, notify list).
+# KEYS: [1] inflight hash, [2] known-queues set, [3] slot index hash, then for each record its (target queue key,
+#       notify list, semaphore zset of the task whose slot it may hold).
 # ARGV: [1] expected worker id ('' = any), then triples (job id, target queue name, how): how 'r' pushes the id
 # at the head of the target list (a regular job, or a raw job converted to one); 'l', 's', 'z', 't' push a raw
 # job's payload (read from its in-flight record) back into its raw queue of that kind, with its score; 'x' only
 # drops the record (a job that must not run again).
-# Only ids still in flight (on that worker) are requeued; returns them. Used for orphans and dead workers.
+# Only ids still in flight (on that worker) are requeued, and the max_concurrency slot each holds is freed (it no
+# longer runs); returns {ids requeued, ids whose slot was freed}. Used for orphans and dead workers.
 _REQUEUE_INFLIGHT = """
-local out = {}
+local out, freed = {}, {}
 for i = 2, #ARGV, 3 do
   local id, target, how = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local k = 3 + 2 * ((i - 2) / 3)
+  local k = 4 + 3 * ((i - 2) / 3)
   local rec = redis.call('HGET', KEYS[1], id)
   if rec and (ARGV[1] == '' or string.sub(rec, 1, #ARGV[1] + 1) == ARGV[1] .. ' ') then
     local pushed = true
+    if redis.call('ZREM', KEYS[k + 2], id) == 1 then freed[#freed + 1] = id end
+    redis.call('HDEL', KEYS[3], id)
     if how == 'x' then
       redis.call('HDEL', KEYS[1], id)
       out[#out + 1] = id
@@ -234,7 +278,7 @@ for i = 2, #ARGV, 3 do
     end
   end
 end
-return out
+return {out, freed}
 """
 
 
@@ -509,6 +553,7 @@ class Broker:
                 pipe.ltrim(nkey, 0, 9)
         for path, job_id in batch.release:
             pipe.zrem(self.key("sem", path), job_id)
+            pipe.hdel(self.key("semheld"), job_id)
         for queue, payload, score in batch.raw:
             self._push_raw(pipe, queue, [payload], {payload: score} if score is not None else None, head=True)
         pipe.execute()
@@ -557,17 +602,27 @@ class Broker:
         if not records:
             return []
         as_regular, drop = as_regular or {}, set(drop)
-        keys, args = [self.inflight_key, self.key("queues")], [worker_id]
-        for r in records:
+        held = self.redis.hmget(self.key("semheld"), [r.job_id for r in records])  # the slots they may hold
+        keys, args = [self.inflight_key, self.key("queues"), self.key("semheld")], [worker_id]
+        paths: dict[str, str] = {}
+        for r, path in zip(records, held, strict=True):
             if r.job_id in drop:
                 target, how = r.queue, "x"
             elif r.payload is None or r.job_id in as_regular:
                 target, how = as_regular.get(r.job_id, r.queue), "r"
             else:
                 target, how = r.queue, queue_kind(r.queue)
-            keys += [self.queue_key(target), self.key("n", target)]
+            if path is not None:
+                paths[r.job_id] = _s(path)
+            keys += [self.queue_key(target), self.key("n", target), self.key("sem", paths.get(r.job_id, ""))]
             args += [r.job_id, target, how]
-        return [_s(i) for i in self._requeue_inflight(keys=keys, args=args)]
+        done, freed = self._requeue_inflight(keys=keys, args=args)
+        if freed:  # their slots are free: wake as many jobs waiting for them
+            released: dict[str, int] = {}
+            for job_id in freed:
+                released[paths[_s(job_id)]] = released.get(paths[_s(job_id)], 0) + 1
+            self.wake_waiters(released)
+        return [_s(i) for i in done]
 
     def heartbeat(self, worker_id: str, ttl: float, value: str = "1") -> list[str]:
         """Refresh the worker's heartbeat and take the kill requests addressed to it."""
@@ -627,33 +682,42 @@ class Broker:
 
     # -- concurrency
     def acquire(self, path: str, job_id: str, limit: int, ttl: float, defer_to: str | None = None,
-                defer_for: float | None = None) -> bool:
-        """Take one of ``limit`` slots of task ``path`` for ``ttl`` seconds (released by :meth:`ack`).
+                defer_for: float | None = None, parked: str | None = None) -> bool:
+        """Take one of ``limit`` slots of task ``path`` for ``ttl`` seconds (released by :meth:`ack`, or by
+        :meth:`requeue_inflight` if the job does not run after all).
 
         :param defer_to: when every slot is taken, make the job wait in this queue (see ``_ACQUIRE``): it is
             woken by the next release of a slot of the task, or runs again after ``defer_for`` seconds (default:
             5 to 10, jittered) whatever happens.
+        :param parked: the job's member in the queue's delayed zset while it waits (default: its id; a raw job:
+            ``"<id> <score|-> <payload>"``, see :meth:`parked_raw`).
         """
         now = time.time()
         due = now + (defer_for if defer_for is not None else 5 + 5 * random.random())
         keys = [self.key("sem", path), self.key("semwait", path), self.inflight_key,
-                self.delayed_key(defer_to or "_"), self.key("queues")]
+                self.delayed_key(defer_to or "_"), self.key("queues"), self.key("semheld")]
         return bool(self._acquire(keys=keys, args=[job_id, limit, repr(now), repr(now + ttl), defer_to or "",
-                                                   repr(due)]))
+                                                   repr(due), path, parked or job_id]))
+
+    @staticmethod
+    def parked_raw(job_id: str, payload: str, score: float | None) -> str:
+        """A raw job's member in its raw queue's delayed zset while it waits for a slot."""
+        return f"{job_id} {'-' if score is None else repr(score)} {payload}"
 
     def wake_waiters(self, released: Mapping[str, int]) -> int:
-        """Promote, for each task path, as many waiting jobs as slots were released (``{path: count}``);
-        returns how many were promoted. One round trip per path, plus one per waiter tried."""
+        """Wake, for each task path, as many waiting jobs as slots were released (``{path: count}``); returns how
+        many were woken. One round trip per path, plus one per waiter tried (a stale one is skipped)."""
         promoted = 0
         for path, count in released.items():
             while count > 0:
-                waiters = self._wake(keys=[self.key("semwait", path)], args=[count])
-                if not waiters:
+                flat = self._wake(keys=[self.key("semwait", path)], args=[count])
+                if not flat:
                     break
-                for waiter in waiters:
-                    queue, _, job_id = _s(waiter).partition(" ")
+                for i in range(0, len(flat), 2):
+                    queue, _, member = _s(flat[i]).partition(" ")
                     keys = [self.delayed_key(queue), self.queue_key(queue), *self.notify_keys(queue)]
-                    if self._promote(keys=keys, args=[job_id]):
+                    if self._promote(keys=keys, args=[member, _s(flat[i + 1]),
+                                                      "1" if queue_kind(queue) != "r" else "0"]):
                         promoted += 1
                         count -= 1
         return promoted
@@ -665,7 +729,8 @@ class Broker:
 
     def sizes(self, queues: Sequence[str]) -> dict[str, tuple[int, int]]:
         """(waiting, delayed) counts of each queue, in one round trip. For a raw timed set, waiting = due
-        members and delayed = members not due yet."""
+        members and delayed = members not due yet; a raw queue's delayed count includes its jobs waiting for a
+        max_concurrency slot."""
         pipe = self.redis.pipeline(transaction=False)
         now = repr(time.time())
         for q in queues:
@@ -680,10 +745,18 @@ class Broker:
                 pipe.zcount(key, "-inf", now)
             if kind == "t":
                 pipe.zcount(key, "(" + now, "+inf")
-            else:
-                pipe.zcard(self.delayed_key(q))
+            pipe.zcard(self.delayed_key(q))
         values = pipe.execute()
-        return {q: (values[2 * i], values[2 * i + 1]) for i, q in enumerate(queues)}
+        out: dict[str, tuple[int, int]] = {}
+        i = 0
+        for q in queues:
+            if queue_kind(q) == "t":  # due members; members in the future and jobs parked for a slot
+                out[q] = (values[i], values[i + 1] + values[i + 2])
+                i += 3
+            else:
+                out[q] = (values[i], values[i + 1])
+                i += 2
+        return out
 
     def push_raw(self, queue: str, payloads: Sequence[str], scores: Mapping[str, float] | None = None) -> None:
         """Add payloads to a raw queue in one MULTI (the queue's kind decides how; ``scores`` for sorted and

@@ -8,6 +8,12 @@ A job that *is* the cause (a segfault in a C extension, ``os.abort()``, a memory
 worker, forever; so each death is counted on the job's document (``worker_deaths``, and an entry in its
 ``traceback_history`` naming the worker and the time), and at ``--max_worker_deaths`` (default 3) the job ends
 with the final status ``maxworkerdeaths`` instead of running again. ``mrq-run`` or ``Job.requeue()`` revive it.
+
+A death is counted only against a job that ran *alone* on the dead worker: beside other jobs, none is known to be
+the cause, so none is counted; each becomes a *suspect* (``suspect: true`` on its document, and a
+``traceback_history`` entry), and the next worker that dequeues a suspect runs it alone (the other jobs of its
+batch go back to their queue, the running ones end first). A poison job thus dies alone and is counted; an innocent
+job that died beside it runs alone once, succeeds, and is no longer a suspect.
 """
 
 from __future__ import annotations
@@ -61,10 +67,14 @@ def requeue_inflight(records: Iterable[InFlight], worker_id: str = "") -> list[s
 
 
 def requeue_dead_worker_jobs(records: Iterable[InFlight], worker_id: str, max_deaths: int | None = None,
-                             ) -> dict[str, list[str]]:
-    """Requeue the jobs in flight on the dead worker ``worker_id`` (its heartbeat is gone: the caller checked),
-    counting the death on each job's document; a job that reaches ``max_deaths`` (default ``--max_worker_deaths``)
-    ends as ``maxworkerdeaths`` instead.
+                             in_flight: int | None = None) -> dict[str, list[str]]:
+    """Requeue the jobs in flight on the dead worker ``worker_id`` (its heartbeat is gone: the caller checked). If
+    one job was in flight, the death is counted on its document, and at ``max_deaths`` (default
+    ``--max_worker_deaths``) it ends as ``maxworkerdeaths`` instead; if several were, none is counted and each
+    becomes a suspect, to run alone next time (see the module's docstring).
+
+    :param in_flight: how many jobs the worker had in flight in all, when ``records`` is a part of them (default:
+        ``len(records)``).
 
     Documents of requeued jobs go back to ``queued`` (if they still said ``queued``, ``retry``, ``interrupt``, or
     ``started`` on this worker). Raw jobs that stored nothing have no document: their payload goes back into their
@@ -81,15 +91,22 @@ def requeue_dead_worker_jobs(records: Iterable[InFlight], worker_id: str, max_de
     if max_deaths is None:
         max_deaths = int(get_current_config().get("max_worker_deaths") or 0)
     recovered = store_marked_ends(records, worker_id)
+    running = (len(records) if in_flight is None else in_flight) - len(recovered)
     records = [r for r in records if r.job_id not in recovered]
+    alone = running <= 1 and len(records) == 1
     docs = _docs([r.job_id for r in records], ["queue", "worker_deaths"])
-    poison = {i for i, d in docs.items() if max_deaths and int(d.get("worker_deaths") or 0) + 1 >= max_deaths}
+    poison = {i for i, d in docs.items()
+              if alone and max_deaths and int(d.get("worker_deaths") or 0) + 1 >= max_deaths}
     as_regular = {r.job_id: docs[r.job_id].get("queue") or "default" for r in records
                   if r.payload is not None and r.job_id in docs}
     done = set(get_broker().requeue_inflight(records, worker_id, as_regular, drop=poison))
     now = utcnow()
     oid = ObjectId(worker_id) if ObjectId.is_valid(worker_id) else worker_id
-    entry = death_entry(oid, f"The worker {worker_id} running this job died (heartbeat gone).", now)
+    if alone:
+        entry = death_entry(oid, f"The worker {worker_id} running this job alone died (heartbeat gone).", now)
+    else:
+        entry = death_entry(oid, f"The worker {worker_id} died (heartbeat gone) while this job ran beside "
+                                 f"{running - 1} other(s): not counted against it; it runs alone next time.", now)
     jobs = connections.mongodb_jobs[JOBS]
     requeued = [i for i in done if i not in poison]
     poisoned = [i for i in done if i in poison]
@@ -98,8 +115,8 @@ def requeue_dead_worker_jobs(records: Iterable[InFlight], worker_id: str, max_de
         jobs.update_many(
             {"_id": {"$in": counted}, "$or": [{"status": {"$in": [st.QUEUED, st.RETRY, st.INTERRUPT]}},
                                               {"status": st.STARTED, "worker": {"$in": [oid, None]}}]},
-            {"$set": {"status": st.QUEUED, "dateupdated": now}, "$inc": {"worker_deaths": 1},
-             "$push": {"traceback_history": entry}})
+            {"$set": {"status": st.QUEUED, "dateupdated": now, "suspect": True},
+             "$inc": {"worker_deaths": 1 if alone else 0}, "$push": {"traceback_history": entry}})
     if poisoned:
         _poison(jobs, [ObjectId(i) for i in poisoned], entry, max_deaths, now)
     return {"requeued": requeued, "poisoned": poisoned, "recovered": recovered}

@@ -51,7 +51,7 @@ from mrq.writer import StatusWriter
 __all__ = ["Worker", "WORKERS"]
 
 WORKERS = "mrq_workers"
-_FETCH_FIELDS = ["path", "params", "queue", "status", "retry_count", "datequeued", "worker_deaths"]
+_FETCH_FIELDS = ["path", "params", "queue", "status", "retry_count", "datequeued", "worker_deaths", "suspect"]
 
 
 class Worker:
@@ -76,6 +76,7 @@ class Worker:
         self._stopping = False
         self.stop_reason: str | None = None
         self._memory_kill = False
+        self._memory_kill_jobs = 0  # jobs running when --max_memory interrupted them
         self._epoch: str | None = None  # MRQ's marker key in Redis: it changes when Redis lost its data
         #: job id -> (queue, raw payload, score) of the jobs dequeued and not yet known to be acknowledged
         self._held: dict[str, tuple[str, str | None, float | None]] = {}
@@ -266,8 +267,8 @@ class Worker:
                 self.stop_reason = "max_time"
                 break
             free = self._wait_for_slots()
-            if max_jobs:
-                free = min(free, max_jobs - self.counters["dequeued"])
+            if max_jobs:  # jobs started: a job deferred for a max_concurrency slot, or skipped, is not one
+                free = min(free, max_jobs - self.counters["started"])
                 if free <= 0:
                     self.log.info("--max_jobs %d reached", max_jobs)
                     self.stop_reason = "max_jobs"
@@ -336,6 +337,9 @@ class Worker:
                 self.plugins.hook.mrq_jobs_dequeued(worker=self, jobs=jobs)
             except Exception:
                 self.log.exception("A plugin failed in mrq_jobs_dequeued; the jobs run anyway")
+        suspect = next((j for j in jobs if j.data and j.data.get("suspect")), None)
+        if suspect is not None:
+            jobs = self._isolate(suspect, jobs)
         now = utcnow()
         for job in jobs:
             assert job.id is not None
@@ -347,9 +351,32 @@ class Worker:
                 self.writer.started(job.id, {"status": st.STARTED, "datestarted": now, "dateupdated": now,
                                              "worker": self.id}, insert=job.raw.insert(job) if job.raw else None)
             self.jobs[job.id] = job
+            self.counters["started"] += 1
             self.pool.spawn(self._perform, job, settings)
         self._popped = set()
+        if suspect is not None:
+            self.pool.join()  # it runs alone: nothing else is dequeued until it ends
         return len(popped) + len(raw)
+
+    def _isolate(self, suspect: Job, jobs: list[Job]) -> list[Job]:
+        """A suspect job (running when a worker died with other jobs, see :mod:`mrq.recovery`) runs alone, so that
+        if it kills this worker too, it is the only job in flight and the death is counted against it alone: the
+        other jobs of the batch go back to their queue, the running ones end, every end is stored, then it runs.
+        """
+        assert suspect.id is not None
+        for job in jobs:
+            if job is suspect:
+                continue
+            if job.raw is None:
+                self.writer.acknowledge(str(job.id), push_back_to=job.queue)
+            else:
+                self.writer.finished(job.id, Outcome(st.QUEUED, raw_push=job.raw.push_back()), store=False)
+        self.log.warning("Job %s %s was running when a worker died with other jobs: it runs alone on this worker",
+                         suspect.id, suspect.path)
+        self.pool.join()
+        if not self.writer.flush(timeout=60):  # the others must not look in flight here if it kills this worker
+            self.log.warning("Statuses not stored before running suspect job %s alone", suspect.id)
+        return [suspect]
 
     def _regular_jobs(self, popped: list[tuple[str, str]]) -> list[Job]:
         self._popped = {i for _, i in popped}  # not orphans, while their documents are fetched
@@ -400,20 +427,26 @@ class Worker:
         return jobs
 
     def _acquire(self, job: Job, settings: TaskSettings) -> bool:
-        """Take a slot of the task's ``max_concurrency``. When they are all taken, by default the job waits: a
-        regular job goes back to its queue's delayed set and the task's waiting list in one atomic step (no
-        MongoDB write, not a retry; a finishing job of the task wakes it), a raw job goes back to its raw queue.
-        With ``on_max_concurrency = "fail"`` it ends as ``maxconcurrency``, as in the original MRQ."""
+        """Take a slot of the task's ``max_concurrency``. When they are all taken, by default the job waits: it is
+        parked in its queue's delayed set and the task's waiting set in one atomic step (no MongoDB write, not a
+        retry; a finishing job of the task wakes it, a 5-10 s fallback too), a raw job in its raw queue's delayed
+        set with its payload. With ``on_max_concurrency = "fail"`` it ends as ``maxconcurrency``, as in the
+        original MRQ."""
         assert job.id is not None
         wait = settings.on_max_concurrency == "wait"
-        defer_to = job.queue if wait and job.raw is None else None
+        defer_to, parked = (job.queue, None) if wait else (None, None)
+        if wait and job.raw is not None:
+            # A timed set with pushback_seconds keeps its member (re-scored): the job comes back by itself.
+            keeps = self._pushback.get(job.raw.queue.split("/", 1)[0])
+            defer_to = None if keeps else job.raw.queue
+            parked = None if keeps else self.broker.parked_raw(str(job.id), job.raw.payload, job.raw.score)
         if self.broker.acquire(job.path, str(job.id), settings.max_concurrency, settings.timeout + 30,
-                               defer_to=defer_to):
+                               defer_to=defer_to, parked=parked):
             return True
         if wait:
             self.counters["deferred"] += 1
-            if job.raw is not None:
-                self.writer.finished(job.id, Outcome(st.QUEUED, raw_push=job.raw.push_back(delay=1.0)), store=False)
+            if defer_to is None:  # not parked: only its in-flight record goes
+                self.writer.acknowledge(str(job.id))
             return False
         job.exception = MaxConcurrencyInterrupt(f"max_concurrency={settings.max_concurrency} reached")
         job.traceback = repr(job.exception)
@@ -473,6 +506,8 @@ class Worker:
         assert job.id is not None
         if self._memory_kill and outcome.status == st.INTERRUPT:
             outcome = self._count_death(job)
+        elif job.data and job.data.get("suspect") and outcome.status != st.INTERRUPT:
+            outcome.set["suspect"] = False  # it ran alone and did not kill its worker
         raw = job.raw
         if raw is None:
             self.writer.finished(job.id, outcome)
@@ -483,11 +518,19 @@ class Worker:
         self.writer.finished(job.id, outcome, insert=raw.insert(job) if store else None, store=store)
 
     def _count_death(self, job: Job) -> Outcome:
-        """An interrupt for --max_memory counts as a worker death (see :mod:`mrq.recovery`)."""
+        """An interrupt for --max_memory counts as a worker death (see :mod:`mrq.recovery`) if the job ran alone;
+        beside others, none of them is known to be the cause: each becomes a suspect, to run alone next time."""
         deaths = int((job.data or {}).get("worker_deaths") or 0) + 1
         limit = int(self.config.get("max_worker_deaths") or 0)
-        entry = death_entry(self.id, f"Interrupted: the worker's memory ({self.memory_mb()} MB) stayed above "
-                                     f"--max_memory {self.config.get('max_memory')} MB while this job ran.", utcnow())
+        why = (f"Interrupted: the worker's memory ({self.memory_mb()} MB) stayed above --max_memory "
+               f"{self.config.get('max_memory')} MB while this job ran")
+        if self._memory_kill_jobs > 1:
+            outcome = job._complete(Outcome(st.INTERRUPT, requeue=job.queue))
+            outcome.set["suspect"] = True
+            outcome.push_history = death_entry(self.id, f"{why} with {self._memory_kill_jobs - 1} other job(s): not "
+                                               "counted against it; it runs alone next time.", utcnow())
+            return outcome
+        entry = death_entry(self.id, why + ".", utcnow())
         if limit and deaths >= limit:
             job.traceback = (f"This job was running when its worker died or blew its --max_memory {deaths} times "
                              "(--max_worker_deaths): it is probably the cause. It will not run again by itself: fix "
@@ -499,6 +542,7 @@ class Worker:
         else:
             outcome = job._complete(Outcome(st.INTERRUPT, requeue=job.queue))
         outcome.set["worker_deaths"] = deaths
+        outcome.set["suspect"] = True
         outcome.push_history = entry
         return outcome
 
@@ -618,6 +662,7 @@ class Worker:
                 self.log.error("Memory %d MB still above --max_memory %d MB: interrupting %d running job(s), each "
                                "counted as a worker death", self.memory_mb(), max_memory, len(self.jobs))
                 self._memory_kill = True
+                self._memory_kill_jobs = len(self.jobs)
                 self.stop(graceful=False, reason="max_memory")
 
     def memory_mb(self) -> int:

@@ -163,3 +163,103 @@ def test_push_unique(broker):
     assert broker.push_unique("q", [("z", time.time() + 50, True)], where="delayed") == ["z"]
     assert broker.list_ids("q") == ["h", "f", "n"]
     assert broker.sizes(["q"]) == {"q": (3, 2)}
+
+
+# -- max_concurrency: waiting jobs, stale waiters, raw jobs parked, slots of jobs that do not run
+
+def _waiters(broker, path):
+    return [(m.decode(), s) for m, s in broker.redis.zrange(broker.key("semwait", path), 0, -1, withscores=True)]
+
+
+def test_a_job_deferred_again_and_again_has_one_waiting_entry(broker):
+    """Each fallback that runs a waiting job finds the slot still taken: the job waits again, under the same entry
+    (a list of entries, one per fallback, made a later release promote it out of a retry's delay)."""
+    assert broker.acquire("t", "holder", 1, ttl=60)
+    broker.push("q", ["j"])
+    for i in range(5):  # its fallback fires: it is popped and waits again
+        if i:
+            broker.redis.zadd(broker.delayed_key("q"), {"j": 0})
+        assert broker.dequeue("w", ["q"], 1) == [("q", "j")]
+        assert not broker.acquire("t", "j", 1, ttl=60, defer_to="q", defer_for=30)
+    assert [m for m, _ in _waiters(broker, "t")] == ["q j"]
+    assert broker.inflight() == []
+
+
+def test_a_stale_waiter_does_not_cut_a_retry_delay(broker):
+    """A job run by its fallback (twice: the slot was still taken the first time), that then ran and was retried
+    with a 60 s delay, stays delayed when a slot of its task is released later: a release wakes only jobs still
+    waiting for their deferral (a leftover entry used to promote the retry out of its delay)."""
+    assert broker.acquire("t", "holder", 1, ttl=0.3)  # its worker dies: the slot expires, nobody releases it
+    broker.push("q", ["j"])
+    assert broker.dequeue("w", ["q"], 1) == [("q", "j")]
+    assert not broker.acquire("t", "j", 1, ttl=60, defer_to="q", defer_for=30)
+    broker.redis.zadd(broker.delayed_key("q"), {"j": 0})  # the fallback is due
+    assert broker.dequeue("w", ["q"], 1) == [("q", "j")]
+    assert not broker.acquire("t", "j", 1, ttl=60, defer_to="q", defer_for=30)
+    time.sleep(0.35)
+    broker.redis.zadd(broker.delayed_key("q"), {"j": 0})
+    assert broker.dequeue("w", ["q"], 1) == [("q", "j")]
+    assert broker.acquire("t", "j", 1, ttl=60, defer_to="q")  # it runs...
+    retry_due = time.time() + 60
+    broker.ack(AckBatch(done=["j"], delayed=[("q", "j", retry_due)], release=[("t", "j")]))  # ...retry in 60 s
+    for job in ("other", "another"):
+        assert broker.acquire("t", job, 1, ttl=60)
+        broker.ack(AckBatch(release=[("t", job)]))
+    assert broker.list_ids("q") == []
+    assert broker.redis.zscore(broker.delayed_key("q"), "j") == retry_due
+    assert _waiters(broker, "t") == []
+
+
+def test_a_release_wakes_a_waiter_whatever_its_fallback(broker):
+    assert broker.acquire("t", "holder", 1, ttl=60)
+    broker.push("q", ["a", "b"])
+    broker.dequeue("w", ["q"], 2)
+    assert not broker.acquire("t", "a", 1, ttl=60, defer_to="q", defer_for=300)
+    assert not broker.acquire("t", "b", 1, ttl=60, defer_to="q", defer_for=400)
+    assert broker.sizes(["q"]) == {"q": (0, 2)}
+    broker.ack(AckBatch(done=["holder"], release=[("t", "holder")]))
+    assert broker.list_ids("q") == ["a"] and broker.sizes(["q"]) == {"q": (1, 1)}
+
+
+@pytest.mark.parametrize("queue, scores", [("x_raw", None), ("x_set", None), ("x_sorted_set", {"p": 5.0}),
+                                           ("x_timed_set", {"p": 1.0})])
+def test_a_raw_job_waiting_for_a_slot_is_parked_not_popped_again(broker, queue, scores):
+    """A raw job that finds no free slot waits in its queue's delayed zset (no pop again until a slot frees or its
+    fallback is due), keeps its id, and comes back first, with its payload and score."""
+    assert broker.acquire("t", "holder", 1, ttl=60)
+    broker.push_raw(queue, ["p"], scores)
+    (item,) = broker.dequeue_all("w", [queue], 1)[1]
+    parked = broker.parked_raw(item.job_id, item.payload, item.score)
+    assert not broker.acquire("t", item.job_id, 1, ttl=60, defer_to=queue, parked=parked, defer_for=300)
+    assert broker.inflight() == []
+    for _ in range(3):
+        assert broker.dequeue_all("w", [queue], 10) == ([], [])  # parked: not popped again
+    assert broker.sizes([queue])[queue] == (0, 1)
+    assert queue in broker.known_queues()
+    broker.ack(AckBatch(release=[("t", "holder")]))  # a slot frees: the parked job is woken
+    (again,) = broker.dequeue_all("w", [queue], 10)[1]
+    assert (again.job_id, again.payload, again.score) == (item.job_id, "p", item.score)
+    assert broker.acquire("t", again.job_id, 1, ttl=60, defer_to=queue, parked=parked)
+    assert _waiters(broker, "t") == []
+
+
+def test_requeueing_in_flight_jobs_frees_their_slots_and_wakes_waiters(broker):
+    """A job of a dead worker (or one its worker put back) no longer runs: its slot is freed at once (it used to
+    be held for the job's timeout + 30 s), and a job waiting for it is woken."""
+    broker.push("q", ["dead", "waiting"])
+    broker.dequeue("w1", ["q"], 1)
+    assert broker.acquire("t", "dead", 1, ttl=3600)
+    broker.dequeue("w2", ["q"], 1)
+    assert not broker.acquire("t", "waiting", 1, ttl=3600, defer_to="q", defer_for=300)
+    assert broker.requeue_inflight(broker.inflight("w1"), "w1") == ["dead"]
+    assert broker.redis.zcard(broker.key("sem", "t")) == 0
+    assert broker.redis.hlen(broker.key("semheld")) == 0
+    assert broker.list_ids("q") == ["waiting", "dead"]
+
+
+def test_a_dropped_poison_job_frees_its_slot(broker):
+    broker.push("q", ["poison"])
+    broker.dequeue("w1", ["q"], 1)
+    assert broker.acquire("t", "poison", 1, ttl=3600)
+    assert broker.requeue_inflight(broker.inflight("w1"), "w1", drop=["poison"]) == ["poison"]
+    assert broker.acquire("t", "next", 1, ttl=3600)

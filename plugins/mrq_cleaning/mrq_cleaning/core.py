@@ -190,9 +190,10 @@ class Cleaner:
                 continue
             mine = [r for r in records if r.worker_id == worker_id]
             for batch in chunks(mine, _BATCH):
-                # The kernel counts the death on each job and stops requeueing a job that killed
-                # --max_worker_deaths workers; raw jobs go back into their raw queue.
-                result = requeue_dead_worker_jobs(batch, worker_id, self.config.get("max_worker_deaths"))
+                # The kernel counts the death on a job that ran alone (several: each runs alone next time) and
+                # stops requeueing a job that killed --max_worker_deaths workers; raw jobs go back into their queue.
+                result = requeue_dead_worker_jobs(batch, worker_id, self.config.get("max_worker_deaths"),
+                                                  in_flight=len(mine))
                 ids, poisoned = result["requeued"], result["poisoned"]
                 self.counters["ends_stored"] += len(result["recovered"])  # ended: stored, not run again
                 total += len(ids)
