@@ -223,3 +223,45 @@ def test_cancel_a_running_raw_job_that_stored_nothing(raw, tmp_path):
     doc = jobs_collection().find_one({"_id": Job(record.job_id).id})
     assert doc["status"] == "cancel" and doc["raw_queue"] == "fast_raw"  # 'cancel' is not in no_storage
     assert worker.stop() == 0
+
+
+# -- max_concurrency on raw queues ---------------------------------------------------------------------------
+
+def _runs(path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+@pytest.mark.parametrize("queue", ["limited_raw", "limited_set", "limited_sorted_set", "limited_timed_set"])
+def test_a_raw_job_waiting_for_a_slot_waits_without_spinning(raw, tmp_path, queue):
+    """A raw job whose task (limited to 1 at a time) has no free slot waits, parked, until the slot frees: one
+    deferral, not hundreds of pops a second; then it runs. Both jobs run once, one after the other."""
+    runs = tmp_path / "runs"
+    items = [payload(task="Limited", file=str(runs), t=3, n=i) for i in range(2)]
+    worker = start(raw, queue)
+    queue_raw_jobs(queue, {p: i for i, p in enumerate(items)} if "sorted" in queue or "timed" in queue else items)
+    wait_until(lambda: len(_runs(runs)) == 2, timeout=30, what="both jobs run")
+    worker.wait_for_idle()
+    times = sorted(float(line.split()[2]) for line in _runs(runs))
+    assert times[1] - times[0] >= 2.9  # never both at once
+    assert worker.stop() == 0
+    counters = worker.report()["counters"]
+    assert 1 <= counters["deferred"] <= 3, counters  # spinning made it hundreds
+    assert counters.get("success") == 2
+
+
+def test_a_sigkilled_raw_job_frees_its_slot(raw, tmp_path):
+    """A raw job of a SIGKILLed worker comes back under a new id: the slot its old id held is freed by the recovery
+    (it used to be held for the job's timeout + 30 s, an hour by default), so it runs again at once."""
+    from mrq.recovery import requeue_dead_worker_jobs
+
+    runs = tmp_path / "runs"
+    worker = start(raw, "limited_raw")
+    queue_raw_jobs("limited_raw", [payload(task="Limited", file=str(runs), t=60)])
+    wait_until(lambda: runs.exists(), what="job started")
+    worker.kill()
+    (record,) = get_broker().inflight()
+    assert requeue_dead_worker_jobs([record], record.worker_id)["requeued"] == [record.job_id]
+    start(raw, "limited_raw")
+    wait_until(lambda: len(_runs(runs)) == 2, timeout=20, what="run again under a new id")
+    first, second = (line.split()[0] for line in _runs(runs))
+    assert first != second

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from mrq import status as st
-from mrq.job import Job, queue_job
+from mrq.job import Job, queue_job, queue_jobs
 from mrq.recovery import WORKER_DIED
 from mrq.testing import wait_until
 
@@ -96,3 +96,45 @@ def test_a_job_that_ended_before_its_worker_died_is_not_run_again(mrq_config):
     assert Job(retried).fetch().status == st.RETRY
     assert get_broker().sizes(["default"])["default"] == (1, 1)    # 'running' requeued, 'retried' delayed
     assert broker.inflight() == [] and broker.done_marks([str(ended), str(retried)]) == {}
+
+
+def test_a_poison_job_ended_maxworkerdeaths_frees_its_slot(mrq_worker_factory, tmp_path):
+    """A job of a task limited to one at a time kills its worker: it ends as maxworkerdeaths (one death allowed
+    here), and the slot it held is freed at once: the next job of the task runs (it used to wait an hour)."""
+    runs = tmp_path / "runs"
+    env = dict(CLEANING_FAST, MRQ_MAX_WORKER_DEATHS="1")
+    victim = mrq_worker_factory(env).start()
+    poison = queue_job(T + "Limited", {"file": str(runs), "crash": True})
+    wait_until(lambda: victim.proc.poll() is not None, what="the worker killed")
+    survivor = mrq_worker_factory(env).start("--plugins", "cleaning")
+    try:
+        wait_until(lambda: Job(poison).fetch().status == st.MAXWORKERDEATHS, timeout=30, what="the poison contained")
+        after = queue_job(T + "Limited", {"file": str(runs)})
+        assert Job(after).wait(timeout=20) == "ok"
+    finally:
+        _stop(survivor)
+
+
+@pytest.mark.parametrize("greenlets", [2, 4])
+def test_innocent_jobs_running_beside_a_poison_job_are_not_contained(mrq_worker, tmp_path, greenlets):
+    """A poison job runs beside innocent ones (--greenlets 2 and 4). A death is counted only against a job that
+    ran alone: the jobs of a worker that died with several in flight become suspects and each runs alone next
+    time. The poison dies alone 3 times and ends as maxworkerdeaths; every innocent job succeeds, no death counted
+    against it (they all used to be counted, and ended as maxworkerdeaths with the poison)."""
+    runs = tmp_path / "runs"
+    poison = queue_job(T + "Crash", {"file": str(runs)})
+    innocents = queue_jobs(T + "Sleep", [{"t": 0.5, "result": i} for i in range(3 * greenlets)])
+    mrq_worker.start("--processes", "2", "--greenlets", str(greenlets), "--plugins", "cleaning",
+                     env=CLEANING_FAST, wait=False)
+    try:
+        wait_until(lambda: Job(poison).fetch().status == st.MAXWORKERDEATHS, timeout=120, what="the poison contained")
+        wait_until(lambda: all(Job(i).fetch().status == st.SUCCESS for i in innocents), timeout=60,
+                   what="every innocent job done")
+    finally:
+        _stop(mrq_worker)
+    assert Job(poison).fetch().data["worker_deaths"] == 3
+    assert _runs(runs) == 3 + sum(1 for h in Job(poison).fetch().data["traceback_history"]
+                                  if "not counted" in h["traceback"])
+    for i in innocents:
+        data = Job(i).fetch().data
+        assert not data.get("worker_deaths") and not data.get("suspect"), data

@@ -6,7 +6,7 @@ import signal
 
 from mrq.job import Job, queue_job, queue_jobs
 from mrq.logger import job_logs
-from mrq.testing import wait_for_idle
+from mrq.testing import wait_for_idle, wait_until
 
 T = "tests.tasks.general."
 
@@ -565,3 +565,41 @@ def test_after_redis_lost_its_data_a_worker_writes_its_in_flight_records_again(m
     assert record.queue == "default"
     assert Job(job_id).wait(timeout=20) == "recorded"
     wait_until(lambda: not broker.inflight(), timeout=5, what="acknowledged")
+
+
+# -- max_concurrency interleavings: deferrals, fallbacks, retries ---------------------------------------------
+
+def _lines(path) -> list[list[str]]:
+    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_max_jobs_counts_jobs_started_not_deferrals(mrq_worker, tmp_path):
+    """--max_jobs 3 with 3 jobs of a task limited to one at a time: two wait for the first; the worker runs all
+    three, then stops (it used to count the deferrals, stop after one job and leave two queued)."""
+    runs = tmp_path / "runs"
+    ids = queue_jobs(T + "Limited", [{"file": str(runs), "t": 0.5, "n": i} for i in range(3)])
+    mrq_worker.start("--greenlets", "3", "--max_jobs", "3")
+    assert mrq_worker.proc.wait(timeout=60) == 0
+    assert {Job(i).fetch().data["status"] for i in ids} == {"success"}
+    assert len(_lines(runs)) == 3
+
+
+def test_a_retry_keeps_its_delay_after_the_job_waited_past_its_fallback(mrq_worker, tmp_path):
+    """A job that waited for a slot longer than its fallback timer (5-10 s) and then retried with a 60 s delay
+    stays delayed while other jobs of its task release their slots (a leftover waiting entry used to promote it:
+    the retry ran 0.02 s after its first run)."""
+    import time
+
+    runs = tmp_path / "runs"
+    mrq_worker.start("--greenlets", "3")
+    holder = queue_job(T + "Limited", {"file": str(runs), "t": 12})
+    wait_until(lambda: runs.exists(), what="the holder started")
+    retried = queue_job(T + "Limited", {"file": str(runs), "retry_delay": 60})
+    others = queue_jobs(T + "Limited", [{"file": str(runs), "t": 0.2, "n": i} for i in range(2)])
+    wait_until(lambda: all(Job(i).fetch().data["status"] == "success" for i in [holder, *others]), timeout=60,
+               what="the holder and the others done")
+    time.sleep(2)
+    data = Job(retried).fetch().data
+    assert data["status"] == "retry", data
+    assert [r[0] for r in _lines(runs)].count(str(retried)) == 1  # not run again before its delay
+    assert mrq_worker.stop() == 0

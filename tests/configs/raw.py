@@ -23,4 +23,9 @@ RAW_QUEUES = {
     "again_timed_set": {"job_factory": _record, "statuses_no_storage": ("started", "success"),
                         "pushback_seconds": 1},
     "broken_raw": {"job_factory": lambda payload: {"params": {}}},
+    # Jobs of a task limited to one at a time (Limited), one raw queue of each kind.
+    "limited_raw": {"job_factory": _record, "statuses_no_storage": ("started", "success")},
+    "limited_set": {"job_factory": _record, "statuses_no_storage": ("started", "success")},
+    "limited_sorted_set": {"job_factory": _record, "statuses_no_storage": ("started", "success")},
+    "limited_timed_set": {"job_factory": _record, "statuses_no_storage": ("started", "success")},
 }

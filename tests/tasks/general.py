@@ -192,3 +192,24 @@ class Hog(Task):
         while True:
             hoard.append(bytearray(20 * 1024 * 1024))
             gevent.sleep(0.1)
+
+
+class Limited(Task):
+    """At most one at a time across all workers. Appends "<job id> <pid> <unix time>" to ``params["file"]``, then
+    aborts its worker (``params["crash"]``), or retries in ``params["retry_delay"]`` seconds on its first run, or
+    sleeps ``params["t"]`` seconds."""
+
+    max_concurrency = 1
+
+    def run(self, params: dict[str, Any]) -> Any:
+        import time
+
+        job = get_current_job()
+        with open(params["file"], "a") as f:
+            f.write(f"{job.id} {os.getpid()} {time.time()}\n")
+        if params.get("crash"):
+            os.abort()
+        if params.get("retry_delay") and not (job.data or {}).get("retry_count"):
+            retry_current_job(delay=params["retry_delay"])
+        gevent.sleep(params.get("t", 0))
+        return "ok"
