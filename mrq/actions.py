@@ -40,6 +40,7 @@ from mrq import status as st
 from mrq.broker import InFlight
 from mrq.context import connections, get_broker, get_current_config, get_current_job, get_plugin_manager
 from mrq.job import JOBS, utcnow
+from mrq.queue import check_job_queue
 from mrq.task import task_settings
 
 __all__ = ["build_query", "cancel_jobs", "requeue_jobs", "count_matching", "FILTER_KEYS", "action_statuses"]
@@ -287,6 +288,7 @@ def requeue_jobs(filters: Mapping[str, Any], queue: str | None = None, reset_ret
     """Queue every matching job again (without a ``status`` filter: every job not already queued).
 
     :param queue: move them to this queue (default: each job's own queue).
+    :raises InvalidParams: if ``queue`` cannot name a regular queue (nothing is changed).
     :param reset_retries: set ``retry_count`` back to 0 (the original's ``requeue``; ``False`` is its
         ``requeue_retry``).
 
@@ -295,6 +297,8 @@ def requeue_jobs(filters: Mapping[str, Any], queue: str | None = None, reset_ret
     worker are refused (cancel them first) and counted in ``running``. Returns
     ``{"matched", "requeued", "running"}``.
     """
+    if queue is not None:
+        check_job_queue(queue)
     broker, hook = get_broker(), get_plugin_manager().hook
     jobs = connections.mongodb_jobs[JOBS]
     statuses = action_statuses(filters, "requeue")

@@ -25,6 +25,7 @@ Cluster. Keys:
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -374,12 +375,24 @@ class InFlight:
 
     @classmethod
     def parse(cls, job_id: str, record: str) -> InFlight:
+        """Read a record: ``<worker> <since> <queue>``, or ``<worker> <since> <queue> <score|-> <payload>`` for a
+        raw job (a queue name has no space: :func:`mrq.queue.check_queue_name`). A record that is neither (a
+        queue name with spaces, written before names were checked everywhere) reads as a regular job's.
+
+        :raises ValueError: if the record has no worker, time and queue.
+        """
         parts = record.split(" ", 4)
-        if len(parts) == 5:
-            score = None if parts[3] == "-" else float(parts[3])
-            return cls(job_id, parts[0], float(parts[1]), parts[2], parts[4], score)
-        worker, since, queue = record.split(" ", 2)
-        return cls(job_id, worker, float(since), queue)
+        if len(parts) == 5 and queue_kind(parts[2]) != "r":
+            try:
+                score = None if parts[3] == "-" else float(parts[3])
+                return cls(job_id, parts[0], float(parts[1]), parts[2], parts[4], score)
+            except ValueError:
+                pass
+        try:
+            worker, since, queue = record.split(" ", 2)
+            return cls(job_id, worker, float(since), queue)
+        except ValueError:
+            raise ValueError(f"In-flight record of job {job_id!r} is unreadable: {record!r:.200}") from None
 
 
 @dataclass(frozen=True)
@@ -583,7 +596,11 @@ class Broker:
         """Every dequeued job not yet acknowledged (optionally only those of one worker)."""
         out = []
         for job_id, rec in self.redis.hscan_iter(self.inflight_key, count=1000):
-            record = InFlight.parse(_s(job_id), _s(rec))
+            try:
+                record = InFlight.parse(_s(job_id), _s(rec))
+            except ValueError as exc:  # never a reason to stop reading the others
+                logging.getLogger("mrq.broker").error("%s: skipped (delete it with HDEL %s)", exc, self.inflight_key)
+                continue
             if worker_id is None or record.worker_id == worker_id:
                 out.append(record)
         return out

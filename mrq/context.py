@@ -120,7 +120,12 @@ def retry_current_job(delay: float | None = None, max_retries: int | None = None
         ``retry_backoff`` ** retry count, with jitter (exponential backoff).
     :param max_retries: override the task's ``max_retries``; past it the job becomes ``maxretries``.
     :param queue: run it again on this queue (default: the same queue).
+    :raises InvalidParams: if ``queue`` cannot name a regular queue (the job fails, saying so).
     """
+    if queue is not None:
+        from mrq.queue import check_job_queue
+
+        check_job_queue(queue)
     raise RetryInterrupt(delay=delay, queue=queue, max_retries=max_retries)
 
 

@@ -383,12 +383,16 @@ class Job:
         """Queue the job again (any status but ``queued``), on ``queue`` or its own queue.
 
         :param retry_count: reset the retry counter to this (``None`` keeps it).
+        :raises InvalidParams: if ``queue`` cannot name a regular queue (nothing is changed).
         :raises MRQError: if the job runs now on a live worker (cancel it first).
         :return: ``False`` if the job was already queued.
         """
         from mrq.broker import InFlight
         from mrq.context import get_broker, get_plugin_manager
+        from mrq.queue import check_job_queue
 
+        if queue is not None:
+            check_job_queue(queue)
         broker = get_broker()
         self.fetch(["queue", "status", "path"])
         queue = queue or self.queue

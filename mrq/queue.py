@@ -13,7 +13,7 @@ from typing import Any
 from mrq.context import connections, get_broker
 from mrq.exceptions import InvalidParams
 
-__all__ = ["Queue", "count_jobs", "all_known_queues", "check_queue_name"]
+__all__ = ["Queue", "count_jobs", "all_known_queues", "check_queue_name", "check_job_queue"]
 
 
 def check_queue_name(name: Any) -> str:
@@ -29,6 +29,17 @@ def check_queue_name(name: Any) -> str:
     if bad is not None:
         raise InvalidParams(f"Queue name {name!r:.200} is invalid: it contains {bad!r}; use a name without "
                             "whitespace, control characters or commas (and valid UTF-8).")
+    return name
+
+
+def check_job_queue(name: Any) -> str:
+    """:func:`check_queue_name`, and a regular queue: where a job's id may go (a requeue, a retry, a scheduled or
+    enqueued job), not a raw queue (its members are payloads, see :mod:`mrq.raw`)."""
+    from mrq.broker import queue_kind
+
+    if queue_kind(check_queue_name(name)) != "r":
+        raise InvalidParams(f"Queue {name!r:.200} is a raw queue (by its name: it ends in _raw, _set, _sorted_set or "
+                            "_timed_set), which holds payloads, not jobs: use a regular queue's name.")
     return name
 
 

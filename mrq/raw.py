@@ -99,8 +99,12 @@ def check_raw_queues(raw_queues: Any) -> dict[str, RawQueueSettings]:
             raise ConfigError(f"{where}['statuses_no_storage'] has {bad}: use statuses among "
                               f"{sorted(_STORABLE - {st.RETRY})} (a retry is always stored: it needs its count).")
         retry_queue = conf.get("retry_queue", "default")
-        if not isinstance(retry_queue, str) or not retry_queue or " " in retry_queue or is_raw_queue(retry_queue):
-            raise ConfigError(f"{where}['retry_queue'] must name a regular queue, not {retry_queue!r}.")
+        from mrq.queue import check_job_queue  # mrq.queue needs mrq.context, which needs this module
+
+        try:
+            check_job_queue(retry_queue)
+        except InvalidParams as exc:
+            raise ConfigError(f"{where}['retry_queue'] must name a regular queue: {exc}") from None
         try:
             pushback = float(conf.get("pushback_seconds") or 0)
         except (TypeError, ValueError):

@@ -36,3 +36,37 @@ def test_pause_resume(mrq_config):
 def test_bad_name():
     with pytest.raises(InvalidParams, match="invalid"):
         Queue("a b")
+
+
+@pytest.mark.parametrize("name", ["two words", "a,b", "sub/a b c", "tab\tq", "", "x_raw", "crawl_set/eu"])
+def test_every_place_that_takes_a_queue_name_refuses_a_bad_one(mrq_config, name):
+    """Job.requeue(queue=...), the bulk requeue and retry_current_job(queue=...) check the name as queue_job does
+    (and refuse a raw queue: its members are payloads): nothing is changed. A name with a space written in an
+    in-flight record made every in-flight read raise."""
+    from mrq.actions import requeue_jobs
+    from mrq.context import get_broker, retry_current_job
+    from mrq.job import Job, queue_job
+
+    job_id = queue_job("tests.tasks.general.Add", {"a": 1, "b": 2})
+    assert Job(job_id).cancel()
+    with pytest.raises(InvalidParams, match="invalid|raw queue"):
+        Job(job_id).requeue(queue=name)
+    with pytest.raises(InvalidParams, match="invalid|raw queue"):
+        requeue_jobs({}, queue=name)
+    with pytest.raises(InvalidParams, match="invalid|raw queue"):
+        retry_current_job(queue=name)
+    data = Job(job_id).fetch().data
+    assert (data["status"], data["queue"]) == ("cancel", "default")
+    assert get_broker().known_queues() == ["default"]
+
+
+def test_an_in_flight_record_with_a_spaced_queue_name_reads_as_a_regular_job(mrq_config):
+    """Records written before queue names were checked everywhere: read, never a ValueError for every reader."""
+    from mrq.context import get_broker
+
+    broker = get_broker()
+    broker.redis.hset(broker.inflight_key, mapping={"a": "w 1.5 sub/a b c", "b": "w 1.5 q_raw - x y", "c": "junk"})
+    records = {r.job_id: r for r in broker.inflight()}
+    assert (records["a"].queue, records["a"].payload) == ("sub/a b c", None)
+    assert (records["b"].queue, records["b"].payload) == ("q_raw", "x y")
+    assert "c" not in records  # unreadable: skipped, logged

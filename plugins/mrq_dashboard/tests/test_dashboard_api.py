@@ -204,6 +204,13 @@ def test_single_job_actions(dashboard, dash, tmp_path):
     assert Job(queued).fetch().status == "queued" and get_broker().list_ids("default") == [str(queued)]
     assert dashboard.post(f"/api/jobs/{ObjectId()}/requeue").status == 404
     assert dashboard.post("/api/jobs/zzz/cancel").status == 400
+    assert dashboard.post(f"/api/jobs/{queued}/cancel").json()["cancelled"] is True
+    for bad in ("two%20words", "a,b", "x_raw"):  # a queue no worker could listen on, or a raw one: refused
+        for path in (f"/api/jobs/{queued}/requeue?to_queue={bad}", f"/api/jobs/requeue?to_queue={bad}"):
+            response = dashboard.post(path, {} if "/jobs/requeue" in path else None)
+            assert response.status == 400 and "queue" in response.json()["error"].lower(), (path, response.text)
+    assert Job(queued).fetch().status == "cancel" and get_broker().known_queues() == ["default"]
+    assert dashboard.post(f"/api/jobs/{queued}/requeue").json()["requeued"] is True
 
     running = queue_job(TASKS + "Chatty", {"lines": 100, "every": 0.1}, queue="slow")
     dash.worker(queues=("slow",))

@@ -23,7 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mrq.exceptions import ConfigError
+from mrq.exceptions import ConfigError, InvalidParams
+from mrq.queue import check_job_queue
 from mrq_scheduler.cron import UTC, CronError, CronSpec, next_fire, parse_cron, zone
 
 __all__ = ["Entry", "parse_entries", "KEYS", "WEEKDAY_NAMES"]
@@ -155,8 +156,11 @@ def _parse_one(index: int, raw: Any, default_tz: str) -> Entry:
     except (TypeError, ValueError, OverflowError, bson.errors.InvalidDocument) as exc:
         raise _err(index, raw, f"'params' cannot be stored in MongoDB: {exc}")
     queue = raw.get("queue")
-    if queue is not None and (not isinstance(queue, str) or not queue.strip() or " " in queue):
-        raise _err(index, raw, f"'queue' {queue!r} must be a non-empty name without spaces")
+    if queue is not None:
+        try:
+            check_job_queue(queue)
+        except InvalidParams as exc:
+            raise _err(index, raw, f"'queue': {exc}")
 
     kinds = [k for k in KINDS if raw.get(k) is not None]
     if not kinds:
