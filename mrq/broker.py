@@ -81,11 +81,13 @@ for i = 1, nq do
       local ids = redis.call('LPOP', qkey, n)
       if ids then
         for _, id in ipairs(ids) do
-          redis.call('HSET', KEYS[1], id, worker .. ' ' .. now_s .. ' ' .. name)
-          out[#out + 1] = name
-          out[#out + 1] = id
+          -- An id already in flight is in a worker's hands: a second copy (two enqueuers raced) is dropped.
+          if redis.call('HSETNX', KEYS[1], id, worker .. ' ' .. now_s .. ' ' .. name) == 1 then
+            out[#out + 1] = name
+            out[#out + 1] = id
+            popped = popped + 1
+          end
         end
-        popped = #ids
       end
     else
       -- Jobs parked for a max_concurrency slot come first, under the id they were parked with.

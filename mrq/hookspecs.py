@@ -92,7 +92,8 @@ def mrq_jobs_enqueued(queue: str, path: str, job_ids: list[ObjectId], delay: flo
     :param delay: seconds before they may run (0 = now).
 
     Called in the process that enqueued, once per ``queue_jobs`` batch (at most
-    1000 jobs), after both writes succeeded.
+    1000 jobs), after both writes succeeded; also for ids given again to ``queue_jobs`` whose earlier
+    enqueue inserted the document but failed to push it (pushed by the retry).
     """
 
 

@@ -147,7 +147,9 @@ def queue_jobs(path: str, params_list: Iterable[Mapping[str, Any]], queue: str |
     :param delay: seconds before the jobs may run.
     :param job_ids: ids chosen by the caller (ObjectIds or their hex strings), one per params dict: a job whose
         id already exists is not created nor queued again, and its id is returned all the same (exactly one of
-        several concurrent enqueuers of an id creates it).
+        several concurrent enqueuers of an id creates it). If its document is still ``queued`` but its id is in
+        no queue (an earlier call inserted it, then failed to push it and raised, or died), it is pushed, once:
+        retrying a failed enqueue is safe.
     :raises InvalidParams: before anything is written, if any params dict, id or the queue is unusable.
 
     Costs one ``insert_many`` and one Redis MULTI per ``batch_size`` jobs.
@@ -191,10 +193,54 @@ def queue_jobs(path: str, params_list: Iterable[Mapping[str, Any]], queue: str |
             collection.insert_many(docs, ordered=False)
             created = chunk_ids
         if created:
-            broker.push(queue, [str(i) for i in created], delay=delay)
+            try:
+                broker.push(queue, [str(i) for i in created], delay=delay)
+            except Exception:
+                if given:  # say so on the documents: a retry of this call pushes them (see _push_lost)
+                    _mark_push_failed(collection, created)
+                raise
             hook.mrq_jobs_enqueued(queue=queue, path=path, job_ids=created, delay=delay)
+        if given and len(created) < len(docs):
+            new = set(created)
+            _push_lost(collection, broker, hook, [d["_id"] for d in docs if d["_id"] not in new])
         ids.extend(chunk_ids)
     return ids
+
+
+#: A queued document older than this whose id is in no queue was not pushed by its enqueuer (which died between
+#: its insert and its push): an enqueue of the same id pushes it. Younger, its enqueuer may still be pushing it.
+PUSH_GRACE = 10.0
+
+
+def _mark_push_failed(collection: Any, ids: list[ObjectId]) -> None:
+    try:
+        collection.update_many({"_id": {"$in": ids}, "status": st.QUEUED}, {"$set": {"push_failed": True}})
+    except Exception:  # noqa: BLE001 - MongoDB down too: PUSH_GRACE still lets a retry push them
+        pass
+
+
+def _push_lost(collection: Any, broker: Any, hook: Any, existing: list[ObjectId]) -> None:
+    """Ids given again to ``queue_jobs`` whose documents exist: those still ``queued`` whose earlier enqueue failed
+    to push them (it marked them ``push_failed``, or died: they are older than :data:`PUSH_GRACE`) and whose id is
+    in no queue are pushed now, each once, on the document's own queue and delay. Atomic per queue
+    (:meth:`Broker.push_unique`, O(the queue's length)); costs nothing more when no such document exists."""
+    now = utcnow()
+    old = now - datetime.timedelta(seconds=PUSH_GRACE)
+    groups: dict[tuple[str, str, bool], list[tuple[str, float, bool]]] = {}
+    query = {"_id": {"$in": existing}, "status": st.QUEUED,
+             "$or": [{"push_failed": True}, {"datequeued": {"$lt": old}}]}
+    for doc in collection.find(query, ["queue", "path", "datedue"]):
+        due = doc.get("datedue")
+        later = due is not None and due > now
+        when = due.replace(tzinfo=datetime.UTC).timestamp() if later else 0.0
+        key = (doc.get("queue") or "default", doc.get("path") or "", later)
+        groups.setdefault(key, []).append((str(doc["_id"]), when, True))
+    for (queue, path, later), entries in groups.items():
+        pushed = broker.push_unique(queue, entries, "delayed" if later else "tail")
+        collection.update_many({"_id": {"$in": [ObjectId(e[0]) for e in entries]}}, {"$unset": {"push_failed": ""}})
+        if pushed:
+            delay = max(0.0, max(e[1] for e in entries) - time.time()) if later else 0.0
+            hook.mrq_jobs_enqueued(queue=queue, path=path, job_ids=[ObjectId(i) for i in pushed], delay=delay)
 
 
 def queue_job(path: str, params: Mapping[str, Any], queue: str | None = None, delay: float = 0,

@@ -302,3 +302,57 @@ def test_concurrent_enqueuers_of_the_same_ids_create_each_job_once(mrq_config, m
     assert [p.wait(60) for p in procs] == [0] * 5
     assert connections.mongodb_jobs["mrq_jobs"].count_documents({}) == 30
     assert sorted(get_broker().list_ids("default")) == sorted(ids)
+
+
+@pytest.mark.parametrize("delay", [0, 60])
+def test_retrying_an_enqueue_whose_push_failed_queues_the_job_once(mrq_config, monkeypatch, delay):
+    """queue_job(job_id=...) inserts the document, then the Redis push fails and the call raises. The natural
+    retry finds the document still queued with its id in no queue: it pushes it (on the document's queue, with its
+    delay), once; a retry after that pushes nothing (it used to return the id, queued nowhere: the scheduler's
+    next check then claimed the period, and the job never ran)."""
+    import redis
+
+    from mrq.broker import Broker
+
+    push = Broker.push
+
+    def failing(self, *args, **kwargs):
+        raise redis.ConnectionError("Redis went away")
+
+    monkeypatch.setattr(Broker, "push", failing)
+    with pytest.raises(redis.ConnectionError):
+        queue_job(T + "Add", {"a": 1, "b": 2}, unique_key="report-2026-12-02", delay=delay)
+    monkeypatch.setattr(Broker, "push", push)
+    broker = get_broker()
+    assert broker.sizes(["default"]) == {"default": (0, 0)}
+    for _ in range(2):
+        job_id = queue_job(T + "Add", {"a": 1, "b": 2}, unique_key="report-2026-12-02", delay=delay)
+        assert broker.sizes(["default"]) == {"default": (0, 1) if delay else (1, 0)}
+    if delay:
+        assert 50 < broker.redis.zscore(broker.delayed_key("default"), str(job_id)) - __import__("time").time() <= 60
+    else:
+        assert broker.list_ids("default") == [str(job_id)]
+
+
+def test_a_second_copy_of_an_id_in_flight_is_dropped_by_the_dequeue(mrq_config):
+    """Two enqueuers raced and pushed one id twice: the copy popped while the first is in flight is dropped."""
+    broker = get_broker()
+    broker.push("default", ["a", "a", "b"])
+    assert broker.dequeue("w1", ["default"], 1) == [("default", "a")]
+    assert broker.dequeue("w2", ["default"], 2) == [("default", "b")]
+    assert broker.inflight("w1")[0].job_id == "a"
+
+
+def test_an_enqueue_of_the_id_of_a_job_its_enqueuer_never_pushed_pushes_it(mrq_config):
+    """Its enqueuer died between the insert and the push (nothing marked): once the document is older than
+    PUSH_GRACE, an enqueue of the same id pushes it; a younger one is left to its enqueuer, maybe still pushing."""
+    from mrq.job import PUSH_GRACE, utcnow
+
+    jobs = connections.mongodb_jobs["mrq_jobs"]
+    young, old = ObjectId(), ObjectId()
+    for job_id, age in ((young, 0), (old, PUSH_GRACE + 1)):
+        when = utcnow() - datetime.timedelta(seconds=age)
+        jobs.insert_one({"_id": job_id, "path": T + "Add", "params": {}, "queue": "default", "status": "queued",
+                         "datequeued": when, "dateupdated": when, "retry_count": 0})
+    assert queue_jobs(T + "Add", [{}, {}], job_ids=[young, old]) == [young, old]
+    assert get_broker().list_ids("default") == [str(old)]
