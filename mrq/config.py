@@ -210,7 +210,8 @@ OPTIONS: tuple[Option, ...] = (
            commands=("worker",), aliases=("gevent", "g")),
     Option("processes", int, 0, "Worker processes to run under supervision (0 = this process).",
            commands=("worker",), aliases=("p",)),
-    Option("max_jobs", int, 0, "Stop after this many jobs (0 = no limit).", commands=("worker",)),
+    Option("max_jobs", int, 0, "Stop after this many jobs started (0 = no limit; a job waiting for a "
+           "max_concurrency slot is not one).", commands=("worker",)),
     Option("max_time", float, 0.0, "Stop dequeuing after this many seconds (0 = no limit).",
            commands=("worker",)),
     Option("max_memory", int, 0, "Stop gracefully when the process uses more MB than this (0 = no limit).",
