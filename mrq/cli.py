@@ -68,8 +68,15 @@ def _print_plugins(config: Any) -> None:
 
 def worker_main(argv: Sequence[str] | None = None) -> int:
     """``mrq-worker [queues...]``: run jobs from these queues (priority order) until stopped."""
+    from mrq import signals
+
+    # First of all: a SIGINT/SIGTERM that comes while this process loads is recorded and acted on once the worker
+    # (or the --processes wrapper) can, instead of raising KeyboardInterrupt at a random point (see mrq.signals).
+    signals.catch_early()
     _patch()
     config = _load("worker", argv, "mrq-worker")
+    if signals.pending():  # stopped while loading: nothing was started, nothing to stop
+        return 0
     if config["processes"] > 0:
         from mrq import supervisor
 

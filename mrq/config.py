@@ -210,6 +210,10 @@ OPTIONS: tuple[Option, ...] = (
            commands=("worker",), aliases=("gevent", "g")),
     Option("processes", int, 0, "Worker processes to run under supervision (0 = this process).",
            commands=("worker",), aliases=("p",)),
+    Option("stop_timeout", float, 60.0,
+           "With --processes: seconds a graceful stop (SIGINT) lets running jobs finish before they are "
+           "interrupted and requeued (SIGTERM); a child still running 120 s later is SIGKILLed.",
+           commands=("worker",), check=_at_least(0.0)),
     Option("max_jobs", int, 0, "Stop after this many jobs started (0 = no limit; a job waiting for a "
            "max_concurrency slot is not one).", commands=("worker",)),
     Option("max_time", float, 0.0, "Stop dequeuing after this many seconds (0 = no limit).",

@@ -11,9 +11,13 @@ child, and stays in front of it as a thin wrapper:
 * supervisord turns SIGINT and SIGTERM alike into "stop the programs with their ``stopsignal``", so it runs
   in a session of its own (a Ctrl-C in the terminal does not reach it) and the wrapper handles the
   signals: SIGINT = graceful stop of every child (``supervisor.stopAllProcesses``, whose ``stopsignal`` is
-  INT: the workers finish their jobs); a second SIGINT, or SIGTERM = the same, then SIGTERM to every child
-  (the workers interrupt their jobs, which are requeued). Once no child runs, the wrapper asks supervisord
-  to shut down and exits when it has: no process is left behind.
+  INT: the workers finish their jobs); a second SIGINT, SIGTERM, or ``--stop_timeout`` seconds of graceful
+  stop = the same, then SIGTERM to every child (the workers interrupt their jobs, which are requeued). Once
+  no child runs, the wrapper asks supervisord to shut down and exits when it has: no process is left behind.
+* No stop waits without end: supervisord's ``stopwaitsecs`` is ``--stop_timeout`` + :data:`INTERRUPT_GRACE`
+  (what an interrupted worker needs to requeue its jobs and store their statuses), then SIGKILL. A signal
+  that reaches the wrapper while it is still loading, or before supervisord answers, is acted on as soon as
+  it can (:mod:`mrq.signals`); one that comes before supervisord was started means it is never started.
 * ``supervisorctl -c <dir>/supervisord.conf status`` (or ``restart mrq-worker:mrq-worker_01``) talks to it
   through the unix socket of that directory; both are printed at start.
 
@@ -38,7 +42,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CHILD_ENV", "PROGRAM", "Supervisor", "child_argv", "is_supervised_child", "supervisord_config"]
+__all__ = ["CHILD_ENV", "INTERRUPT_GRACE", "PROGRAM", "Supervisor", "child_argv", "is_supervised_child",
+           "stopwaitsecs", "supervisord_config"]
 
 #: Set in the environment of the children: they run as plain workers whatever ``--processes`` says.
 CHILD_ENV = "MRQ_SUPERVISED"
@@ -47,8 +52,20 @@ PROGRAM = "mrq-worker"
 
 log = logging.getLogger("mrq.supervisor")
 
+#: Seconds an interrupted worker (SIGTERM) gets to end before supervisord SIGKILLs it: its jobs are killed at
+#: once, then it stores their statuses (the status writer waits up to 60 s for MongoDB), requeues what it
+#: dequeued and stops its services (5 s each at most).
+INTERRUPT_GRACE = 120
+
 _RUNNING = {"STARTING", "RUNNING", "BACKOFF", "STOPPING"}
 _PR_SET_PDEATHSIG = 1
+
+
+def stopwaitsecs(stop_timeout: float) -> int:
+    """supervisord's ``stopwaitsecs`` for a graceful stop of ``stop_timeout`` seconds: the wrapper interrupts the
+    jobs (SIGTERM) after ``stop_timeout``, and a worker still running :data:`INTERRUPT_GRACE` s later is SIGKILLed
+    (by then the cleaning plugin requeues its jobs, each counting a worker death)."""
+    return int(max(0.0, stop_timeout)) + INTERRUPT_GRACE
 
 
 def is_supervised_child() -> bool:
@@ -155,13 +172,14 @@ class Supervisor:
     Runs in the gevent-patched ``mrq-worker`` process: signals, waits and XML-RPC calls are cooperative.
     """
 
-    def __init__(self, argv: Sequence[str], processes: int, stopwaitsecs: int = 3660, name: str = "",
+    def __init__(self, argv: Sequence[str], processes: int, stop_timeout: float = 60.0, name: str = "",
                  directory: str | None = None) -> None:
         if processes < 1:
             raise ValueError(f"processes must be at least 1, not {processes}")
         self.argv = list(argv)
         self.processes = processes
-        self.stopwaitsecs = stopwaitsecs
+        self.stop_timeout = stop_timeout
+        self.stopwaitsecs = stopwaitsecs(stop_timeout)
         self.name = name
         self._own_directory = directory is None
         self.directory = Path(directory or tempfile.mkdtemp(prefix="mrq-supervisor-"))
@@ -189,6 +207,16 @@ class Supervisor:
         """Start supervisord, wait until it has exited, and return the exit code."""
         import gevent
 
+        from mrq import signals
+
+        # Handlers first (and any SIGINT/SIGTERM recorded since mrq-worker started acted on): a signal can never
+        # find supervisord started and the wrapper unable to stop it.
+        signals.install({signal.SIGINT: lambda: self.stop(graceful=self._stopping is None),
+                         signal.SIGTERM: lambda: self.stop(graceful=False)})
+        if self._stopping is not None:
+            log.info("Stopped before supervisord was started")
+            self._cleanup()
+            return self.exitcode
         self.directory.mkdir(parents=True, exist_ok=True)
         self.conf_path.write_text(supervisord_config(self.directory, self.argv, self.processes,
                                                      self.stopwaitsecs, self.name))
@@ -200,8 +228,8 @@ class Supervisor:
             log.error("Cannot start supervisord with %s: %s", sys.executable, exc)
             self._cleanup()
             return 1
-        gevent.signal_handler(signal.SIGINT, lambda: self.stop(graceful=self._stopping is None))
-        gevent.signal_handler(signal.SIGTERM, lambda: self.stop(graceful=False))
+        if self._stopping is not None and self._stopper is None:  # a signal came during the Popen
+            self._stopper = gevent.spawn(self._shutdown)
         watcher = gevent.spawn(self._watch)
         try:
             self.proc.wait()
@@ -265,6 +293,8 @@ class Supervisor:
             return
         first = self._stopping is None
         self._stopping = mode
+        if self.proc is None:  # supervisord not started yet: run() will not start it
+            return
         if first:
             log.info("Stopping the worker processes (%s)", "finishing their jobs" if graceful else
                      "interrupting their jobs")
@@ -276,18 +306,25 @@ class Supervisor:
     def _shutdown(self) -> None:
         import gevent
 
+        # A stop right after the start: supervisord may not answer yet (nor have started the children). Wait for it
+        # (bounded): terminating it now could leave a child it is spawning without anyone to stop it.
+        self._wait_until_up()
         try:
             self.rpc().supervisor.stopAllProcesses(False)  # stopsignal INT; STOPPING = no restart
         except (OSError, xmlrpc.client.Error) as exc:
             log.warning("Could not ask supervisord to stop the workers (%s); stopping supervisord", exc)
         if self._stopping == "interrupt":
             self._terminate_children()
+        deadline = time.monotonic() + self.stop_timeout
         while self.proc is not None and self.proc.poll() is None:
             try:
                 if not any(p["statename"] in _RUNNING for p in self.processes_info()):
                     break
             except (OSError, xmlrpc.client.Error):
                 break
+            if self._stopping == "graceful" and time.monotonic() > deadline:
+                log.warning("Jobs still running after --stop_timeout %g s: interrupting them", self.stop_timeout)
+                self.stop(graceful=False)
             gevent.sleep(0.1)
         try:
             self.rpc().supervisor.shutdown()
@@ -322,5 +359,5 @@ def run(config: Any, argv: Sequence[str]) -> int:
               "import: pip install supervisor (or run one mrq-worker per process under your own supervisor).",
               file=sys.stderr)
         return 2
-    stopwaitsecs = int(float(config.get("default_job_timeout") or 3600)) + 60
-    return Supervisor(argv, int(config["processes"]), stopwaitsecs, name=str(config.get("name") or "")).run()
+    return Supervisor(argv, int(config["processes"]), float(config["stop_timeout"]),
+                      name=str(config.get("name") or "")).run()

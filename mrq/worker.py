@@ -33,7 +33,7 @@ import pymongo
 import pymongo.errors
 from bson import ObjectId
 
-from mrq import context
+from mrq import context, signals
 from mrq import status as st
 from mrq.broker import RawPopped
 from mrq.config import Config
@@ -104,10 +104,10 @@ class Worker:
         """Run until stopped (signal, ``--max_jobs``, ``--max_time``, ``--max_memory``, burst end)."""
         context.set_current_worker(self)
         logging.getLogger("mrq.current").addHandler(self.log_handler)
-        self._install_signals()
+        self._install_signals()  # also acts on a SIGINT/SIGTERM received since mrq-worker started
         while True:
-            if self._graceful:  # stopped while waiting for MongoDB
-                return 0
+            if self._graceful:  # stopped before it started, or while waiting for MongoDB: nothing to undo
+                return self._stop_before_start()
             try:
                 with pymongo.timeout(5):  # then look at the stop flag again
                     self.db.command("ping")
@@ -118,6 +118,8 @@ class Worker:
                     raise
                 self.log.warning("MongoDB (%s) is not reachable: %s; retrying", self.db.name, exc)
                 gevent.sleep(1)
+        if self._graceful:  # stopped during the ping or the indexes: no plugin was told of this worker yet
+            return self._stop_before_start()
         try:
             self.plugins.hook.mrq_worker_start(worker=self)
         except Exception as exc:
@@ -170,14 +172,20 @@ class Worker:
             self.pool.kill(JobInterrupt, block=False)
 
     def _install_signals(self) -> None:
+        """gevent handlers for SIGINT and SIGTERM; a stop signal recorded earlier (see :mod:`mrq.signals`:
+        ``mrq-worker`` records them from its first line on) is acted on now. Outside the main thread (a worker
+        embedded in a test) there are no signal handlers."""
         def on_sigint() -> None:
             self.stop(graceful=not self._graceful)
 
-        try:
-            gevent.signal_handler(signal.SIGINT, on_sigint)
-            gevent.signal_handler(signal.SIGTERM, lambda: self.stop(graceful=False))
-        except ValueError:  # not the main thread (embedded in tests): no signals
-            pass
+        signals.install({signal.SIGINT: on_sigint, signal.SIGTERM: lambda: self.stop(graceful=False)})
+
+    def _stop_before_start(self) -> int:
+        """Stopped before ``mrq_worker_start``: no job, service nor report to end; just forget the context."""
+        self.log.info("Stopped before it started")
+        logging.getLogger("mrq.current").removeHandler(self.log_handler)
+        context.set_current_worker(None)
+        return self.exitcode
 
     def _stop(self) -> None:
         self.status = "join"

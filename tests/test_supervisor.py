@@ -20,7 +20,7 @@ import pytest
 
 from mrq.job import Job, queue_jobs
 from mrq.queue import Queue
-from mrq.supervisor import CHILD_ENV, child_argv, supervisord_config
+from mrq.supervisor import CHILD_ENV, INTERRUPT_GRACE, child_argv, stopwaitsecs, supervisord_config
 from mrq.testing import FAST_WORKER_ENV, ServerURLs, wait_until
 
 T = "tests.tasks.general."
@@ -50,7 +50,7 @@ class Supervised:
                         MRQ_MONGODB_JOBS=self.urls.mongodb, PYTHONUNBUFFERED="1", **(env or {}))
         full_env.pop(CHILD_ENV, None)
         self.proc = subprocess.Popen([sys.executable, "-m", "mrq.cli", "worker", *args], cwd=self.cwd,
-                                     env=full_env, stdout=subprocess.PIPE, text=True)
+                                     env=full_env, stdout=subprocess.PIPE, text=True, start_new_session=True)
         threading.Thread(target=self._read, daemon=True).start()
         self.socket = wait_until(self._socket, 30, "the socket line on stdout")
         return self
@@ -101,8 +101,13 @@ class Supervised:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()  # supervisord gets SIGTERM through PR_SET_PDEATHSIG and stops the children
             self.proc.wait()
-        for pid in self.pids:
-            wait_until(lambda pid=pid: not _alive(pid), 30, f"pid {pid} gone")
+        try:
+            for pid in self.pids:
+                wait_until(lambda pid=pid: not _alive(pid), 30, f"pid {pid} gone")
+        finally:  # never leave a worker behind to take the jobs of later tests
+            for pid in self.pids:
+                if _alive(pid):
+                    os.kill(pid, signal.SIGKILL)
 
     def assert_no_process_left(self) -> None:
         assert self.pids, "no pids seen"
@@ -143,6 +148,7 @@ def test_config_is_valid_and_escapes_percent(tmp_path):
     assert prog["numprocs"] == "2"
     assert prog["stopsignal"] == "INT"
     assert prog["stopwaitsecs"] == "90"
+    assert int(stopwaitsecs(60)) == 60 + INTERRUPT_GRACE  # bounded: never the job timeout (an hour by default)
     assert prog["autorestart"] == "true"
     assert CHILD_ENV in prog["environment"]
     assert parser["supervisorctl"]["serverurl"] == f"unix://{tmp_path / 'supervisor.sock'}"
@@ -212,6 +218,18 @@ def test_sigterm_interrupts_and_requeues_then_exits(supervised):
     assert time.monotonic() - started < 15
     assert [Job(i).fetch().data["status"] for i in ids] == ["interrupt", "interrupt"]
     assert Queue("default").size() == 2
+    supervised.assert_no_process_left()
+
+
+def test_a_graceful_stop_interrupts_the_jobs_after_stop_timeout(supervised):
+    supervised.start("--processes", "1", "--stop_timeout", "1", "default")
+    supervised.wait_ready(_db(), 1)
+    [job] = queue_jobs(T + "Sleep", [{"t": 600}])
+    wait_until(lambda: Job(job).fetch().data["status"] == "started", what="the job started")
+    supervised.children()
+    assert supervised.stop(signal.SIGINT, timeout=60) == 0  # not 600 s: interrupted after --stop_timeout
+    assert Job(job).fetch().data["status"] == "interrupt"
+    assert Queue("default").size() == 1  # requeued
     supervised.assert_no_process_left()
 
 
