@@ -237,6 +237,9 @@ class _ServerProcess:
         except OSError as exc:
             self._close_log()
             raise ServerError(f"Cannot launch {self.kind} server {argv[0]!r}: {exc}") from exc
+        #: Who started it first (a restart keeps it), for mrq.testing's check of leftover processes: a server
+        #: rewrites its process title over its environment, where that check would look for it.
+        self.started_by: str = getattr(self, "started_by", "") or os.environ.get("MRQ_TEST_OWNER", "")
         with _live_lock:
             _live_servers.add(self)
         self._wait_until_up(timeout)

@@ -8,7 +8,9 @@ Servers
     flushed before every test that uses ``mrq_urls``.
 
     ``mrq_urls`` (function): :class:`ServerURLs` for one test: the session Redis, flushed before the
-    test, and a fresh MongoDB database, dropped after the test.
+    test, a Redis key prefix of the test's own (``ServerURLs.prefix``, also set as ``MRQ_REDIS_PREFIX``
+    in this process's environment while the test runs), and a fresh MongoDB database, dropped after the
+    test.
 
     ``redis_restartable`` / ``mongodb_restartable`` (function): a dedicated server with its own port
     and data dir, which the test may ``stop()``, ``kill()``, ``start()`` and ``restart()``. The Redis
@@ -19,6 +21,15 @@ Servers
     ``mrq_cluster_urls`` (function): like ``mrq_urls``, with ``redis`` the cluster's
     ``redis+cluster://`` URI (every node flushed before the test).
 
+Isolation (see docs/testing.md)
+    Each test's workers and its in-process context use the test's own Redis key prefix and MongoDB
+    database, so a process that outlived its test could not take the jobs of another. Every process a
+    test starts (directly or not: supervisord's children too) carries ``MRQ_TEST_OWNER=<test id>`` in its
+    environment; after each test's teardown, any such process still alive, and any new descendant of this
+    process, is killed with its process group and reported; the run fails, naming the test, if a test left
+    one, or if any process the session started is alive at its end. ``mrq_leftover_processes = warn`` (or
+    ``off``) in the pytest ini file only reports them (or skips the checks).
+
 This module must stay cheap to import and must not import gevent: pytest loads it in every session.
 """
 
@@ -28,8 +39,9 @@ import itertools
 import os
 import signal
 import threading
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -71,6 +83,11 @@ _Server = TypeVar("_Server", RedisServer, MongoServer)
 
 REDIS_URI_ENV = "MRQ_TEST_REDIS_URI"
 MONGODB_URI_ENV = "MRQ_TEST_MONGODB_URI"
+PREFIX_ENV = "MRQ_REDIS_PREFIX"
+#: In the environment of every process started while a test (or a fixture wider than a test) is set up, run or
+#: torn down: who started it. ``SESSION_ENV``: which pytest process.
+OWNER_ENV = "MRQ_TEST_OWNER"
+SESSION_ENV = "MRQ_TEST_SESSION"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -85,6 +102,9 @@ class ServerURLs:
     redis: str
     #: Full connection string, including this test's database name.
     mongodb: str
+    #: The Redis key prefix (``redis_prefix``) of this test's workers and context; None: whatever
+    #: ``MRQ_REDIS_PREFIX`` in the environment says (``mrq_urls`` sets it there too), else the default.
+    prefix: str | None = None
 
 
 class ExternalServer:
@@ -235,9 +255,17 @@ def mrq_urls(
     mrq_mongodb_server: MongoServer | ExternalServer,
 ) -> Iterator[ServerURLs]:
     """Server URLs for one test: a flushed Redis and a fresh MongoDB database (dropped afterwards)."""
-    for server in (mrq_redis_server, mrq_mongodb_server):
-        if not server.is_running():  # a previous test stopped a session server: bring it back
-            server.start()
+    for server, name in ((mrq_redis_server, "mrq_redis_server"), (mrq_mongodb_server, "mrq_mongodb_server")):
+        if not server.is_running():  # a previous test stopped a session server: bring it back (as the session's)
+            previous = os.environ.get(OWNER_ENV)
+            os.environ[OWNER_ENV] = f"session-scoped fixture {name}"
+            try:
+                server.start()
+            finally:
+                if previous is None:
+                    os.environ.pop(OWNER_ENV, None)
+                else:
+                    os.environ[OWNER_ENV] = previous
 
     redis_client = _redis_client(mrq_redis_server.url)
     try:
@@ -249,8 +277,20 @@ def mrq_urls(
         redis_client.close()
 
     # The pid keeps names distinct between pytest-xdist workers sharing an external server.
-    dbname = f"mrq_test_{os.getpid()}_{next(_database_numbers)}"
-    yield ServerURLs(redis=mrq_redis_server.url, mongodb=mrq_mongodb_server.uri(dbname))
+    number = next(_database_numbers)
+    dbname = f"mrq_test_{os.getpid()}_{number}"
+    prefix = f"mrq-test-{os.getpid()}-{number}"
+    # In the environment too: a worker or a script that a test starts with os.environ, and setup_context() in the
+    # test, agree on the prefix without being told.
+    previous = os.environ.get(PREFIX_ENV)
+    os.environ[PREFIX_ENV] = prefix
+    try:
+        yield ServerURLs(redis=mrq_redis_server.url, mongodb=mrq_mongodb_server.uri(dbname), prefix=prefix)
+    finally:
+        if previous is None:
+            os.environ.pop(PREFIX_ENV, None)
+        else:
+            os.environ[PREFIX_ENV] = previous
 
     mongo_client = _mongo_client(mrq_mongodb_server.uri(dbname))
     try:
@@ -302,7 +342,7 @@ def mrq_cluster_urls(mrq_redis_cluster: RedisClusterServers, mrq_urls: ServerURL
     """Server URLs for one test on the session's Redis Cluster (flushed) and a fresh MongoDB database."""
     mrq_redis_cluster.wait_ok()  # a previous test may have restarted a node
     mrq_redis_cluster.flushall()
-    return ServerURLs(redis=mrq_redis_cluster.uri, mongodb=mrq_urls.mongodb)
+    return ServerURLs(redis=mrq_redis_cluster.uri, mongodb=mrq_urls.mongodb, prefix=mrq_urls.prefix)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -325,7 +365,8 @@ def mrq_config(mrq_urls: ServerURLs) -> Iterator[Any]:
     """The MRQ context of this test process, pointed at the test servers (``setup_context``)."""
     from mrq.context import connections, setup_context
 
-    config = setup_context(redis=mrq_urls.redis, mongodb_jobs=mrq_urls.mongodb)
+    prefix = {"redis_prefix": mrq_urls.prefix} if mrq_urls.prefix else {}
+    config = setup_context(redis=mrq_urls.redis, mongodb_jobs=mrq_urls.mongodb, **prefix)
     try:
         yield config
     finally:
@@ -333,7 +374,8 @@ def mrq_config(mrq_urls: ServerURLs) -> Iterator[Any]:
 
 
 class WorkerProcess:
-    """A real ``mrq-worker`` subprocess against the test servers."""
+    """A real ``mrq-worker`` subprocess against the test servers (and the test's Redis prefix), in a session of
+    its own: :meth:`kill` ends its whole process group (the processes its tasks started too)."""
 
     def __init__(self, urls: ServerURLs, cwd: str, env: dict[str, str] | None = None) -> None:
         self.urls = urls
@@ -351,10 +393,12 @@ class WorkerProcess:
         self.args = [*args, *queues]
         full_env = dict(os.environ, **FAST_WORKER_ENV, MRQ_REDIS=self.urls.redis,
                         MRQ_MONGODB_JOBS=self.urls.mongodb, PYTHONUNBUFFERED="1")
+        if self.urls.prefix:  # else inherited, as setup_context() in the test reads it
+            full_env[PREFIX_ENV] = self.urls.prefix
         full_env.update(self.env)
         full_env.update(env or {})
         self.proc = subprocess.Popen([sys.executable, "-m", "mrq.cli", "worker", *self.args], cwd=self.cwd,
-                                     env=full_env)
+                                     env=full_env, start_new_session=True)
         if wait:
             self.wait_for_report()
         return self
@@ -408,9 +452,13 @@ class WorkerProcess:
             raise AssertionError(f"worker {self.pid} did not exit within {timeout} s of signal {sig}") from None
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        """SIGKILL the worker's process group (it is its leader), and reap the worker."""
+        if self.proc is None:
+            return
+        kill_process_group(self.proc.pid)
+        if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait()
+        self.proc.wait()
 
 
 def wait_until(predicate: Any, timeout: float = 20.0, what: str = "condition", poll: float = 0.05) -> Any:
@@ -477,3 +525,222 @@ def mrq_worker_factory(mrq_urls: ServerURLs, mrq_config: Any,
     finally:
         for w in workers:
             w.kill()
+
+
+def kill_process_group(pgid: int) -> None:
+    """SIGKILL process group ``pgid`` (a process started with ``start_new_session=True`` leads its own), never
+    the group of this process."""
+    if pgid <= 1 or pgid == os.getpgrp():
+        return
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+# ---------------------------------------------------------------------------------------------------
+# Leftover processes: every process a test starts is ended with it
+# ---------------------------------------------------------------------------------------------------
+
+_LEFTOVERS_INI = "mrq_leftover_processes"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini(_LEFTOVERS_INI, "mrq: what to do with processes a test left running (fail, warn or off)",
+                  default="fail")
+
+
+class _Leftovers:
+    """Per-test tracking of the processes started by the tests of this session (see the module docstring)."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.session = f"{os.getpid()}-{time.time_ns()}"
+        self.found: list[tuple[str, list[str]]] = []  # (owner, descriptions), in the order found
+        self._before: set[tuple[int, float]] = set()
+
+    @staticmethod
+    def _describe(proc: Any) -> str:
+        try:
+            return f"pid {proc.pid} {' '.join(proc.cmdline())[:160]!r}"
+        except Exception:  # noqa: BLE001 - gone meanwhile
+            return f"pid {proc.pid}"
+
+    def _owned(self, owner: str | None) -> list[Any]:
+        """Live processes of this session owned by ``owner`` (any owner if None)."""
+        import psutil
+
+        found = []
+        for proc in psutil.process_iter():
+            if proc.pid == os.getpid():
+                continue
+            try:
+                env = proc.environ()
+                if env.get(SESSION_ENV) != self.session or (owner is not None and env.get(OWNER_ENV) != owner):
+                    continue
+                if proc.status() != psutil.STATUS_ZOMBIE:
+                    found.append(proc)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+                continue
+        return found
+
+    def _descendants(self) -> list[Any]:
+        import psutil
+
+        try:
+            return [p for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+        except psutil.Error:
+            return []
+
+    @staticmethod
+    def _key(proc: Any) -> tuple[int, float]:
+        try:
+            return (proc.pid, proc.create_time())
+        except Exception:  # noqa: BLE001
+            return (proc.pid, 0.0)
+
+    def start_test(self, nodeid: str) -> None:
+        os.environ[SESSION_ENV] = self.session
+        os.environ[OWNER_ENV] = nodeid
+        self._before = {self._key(p) for p in self._descendants()}
+
+    @staticmethod
+    def _owner(proc: Any) -> str:
+        """The owner in the environment of ``proc``, else of its nearest ancestor that has one (a program such as
+        Chromium may start its helpers with an environment of its own)."""
+        import psutil
+
+        me = os.getpid()
+        while proc is not None and proc.pid != me:
+            try:
+                owner = proc.environ().get(OWNER_ENV)
+                if owner:
+                    return str(owner)
+                proc = proc.parent()
+            except (psutil.Error, OSError):
+                return ""
+        return ""
+
+    def _strays(self, nodeid: str) -> list[Any]:
+        from mrq.servers import _live_lock, _live_servers
+
+        with _live_lock:  # a server overwrites its environment with its process title: it says who started it
+            servers = {server.pid: getattr(server, "started_by", "") for server in _live_servers}
+        procs = {p.pid: p for p in self._owned(nodeid) if servers.get(p.pid, nodeid) == nodeid}
+        for proc in self._descendants():  # started with an environment of its own: new since the test began
+            if proc.pid in procs or self._key(proc) in self._before:
+                continue
+            owner = servers[proc.pid] if proc.pid in servers else self._owner(proc)
+            if owner in ("", nodeid):  # not a process of a module or session fixture
+                procs[proc.pid] = proc
+        return list(procs.values())
+
+    def end_test(self, nodeid: str) -> None:
+        """After the test's teardown: wait a little for processes on their way out, then kill the rest."""
+        os.environ.pop(OWNER_ENV, None)
+        strays = self._strays(nodeid)
+        deadline = time.monotonic() + 3
+        while strays and time.monotonic() < deadline:
+            time.sleep(0.1)
+            strays = self._strays(nodeid)
+        if strays:
+            self.found.append((nodeid, [self._describe(p) for p in strays]))
+            _kill_all(strays)
+
+    def end_session(self) -> None:
+        strays = self._owned(None)
+        if strays:
+            import psutil
+
+            by_owner: dict[str, list[str]] = {}
+            for proc in strays:
+                try:
+                    owner = proc.environ().get(OWNER_ENV, "?")
+                except (psutil.Error, OSError):
+                    owner = "?"
+                by_owner.setdefault(f"{owner} (still alive at the end of the run)", []).append(self._describe(proc))
+            self.found.extend(by_owner.items())
+            _kill_all(strays)
+
+    def report(self) -> list[str]:
+        lines = []
+        for owner, procs in self.found:
+            lines.append(f"{owner} left {len(procs)} process(es) running: " + "; ".join(procs))
+        return lines
+
+
+def _kill_all(procs: list[Any]) -> None:
+    import psutil
+
+    for proc in procs:
+        try:
+            kill_process_group(os.getpgid(proc.pid))
+            proc.kill()
+        except (psutil.Error, OSError):
+            pass
+    psutil.wait_procs(procs, timeout=5)
+
+
+_leftovers: _Leftovers | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _leftovers
+    mode = str(config.getini(_LEFTOVERS_INI) or "fail").strip().lower()
+    if mode != "off":
+        try:
+            import psutil  # noqa: F401 - a dependency of MRQ; without it there is nothing to check with
+        except ImportError:
+            return
+        _leftovers = _Leftovers(mode)
+        os.environ[SESSION_ENV] = _leftovers.session
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Generator[None, Any, Any]:
+    """A fixture wider than a test (module, session...) owns the processes it starts, not the test that set it up."""
+    if _leftovers is None or fixturedef.scope == "function":
+        return (yield)
+    previous = os.environ.get(OWNER_ENV)
+    os.environ[OWNER_ENV] = f"{fixturedef.scope}-scoped fixture {fixturedef.argname}"
+    try:
+        return (yield)
+    finally:
+        if previous is None:
+            os.environ.pop(OWNER_ENV, None)
+        else:
+            os.environ[OWNER_ENV] = previous
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    if _leftovers is not None:
+        _leftovers.start_test(item.nodeid)
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, None, None]:
+    try:
+        return (yield)
+    finally:  # every fixture of the test is torn down (and, after the last test, the session's)
+        if _leftovers is not None:
+            _leftovers.end_test(item.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _leftovers is None:
+        return
+    _leftovers.end_session()
+    if _leftovers.found and _leftovers.mode == "fail" and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if _leftovers is None or not _leftovers.found:
+        return
+    verdict = "the run fails" if _leftovers.mode == "fail" else "reported only (mrq_leftover_processes = warn)"
+    terminalreporter.section("mrq: processes left running by tests (killed; " + verdict + ")", sep="=",
+                             red=_leftovers.mode == "fail", bold=True)
+    for line in _leftovers.report():
+        terminalreporter.line(line)

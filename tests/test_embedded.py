@@ -36,7 +36,8 @@ def test_embedded_servers_are_joined_by_other_commands(tmp_path, monkeypatch):
 
 def test_mrq_embedded_runs_the_examples_and_stops_cleanly(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "mrq.cli", "embedded"], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=dict(os.environ, MRQ_LOG_LEVEL="WARNING"))
+                            stderr=subprocess.STDOUT, text=True, env=dict(os.environ, MRQ_LOG_LEVEL="WARNING"),
+                            start_new_session=True)
     try:
         lines = []
         deadline = time.monotonic() + 60

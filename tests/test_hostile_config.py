@@ -8,6 +8,7 @@ No server is needed: these tests only resolve configurations.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,7 @@ ENV_SETTINGS = settings(HOSTILE, max_examples=150)
 
 @ENV_SETTINGS
 @given(opt=st.sampled_from([o for o in OPTIONS if o.name not in ("config", "plugins")]), text=OS_TEXT | TRICKY)
-def test_environment_variable(opt, text, tmp_path, monkeypatch):
+def test_environment_variable(opt, text, tmp_path, monkeypatch, stop_embedded):
     monkeypatch.chdir(tmp_path)
     command = "worker" if "worker" in opt.commands else "run" if "run" in opt.commands else "common"
     try:
@@ -126,7 +127,7 @@ def test_environment_variable(opt, text, tmp_path, monkeypatch):
 
 @ENV_SETTINGS
 @given(opt=st.sampled_from(FLAG_OPTIONS), text=OS_TEXT | TRICKY)
-def test_command_line_flag(opt, text, tmp_path, monkeypatch):
+def test_command_line_flag(opt, text, tmp_path, monkeypatch, stop_embedded):
     monkeypatch.chdir(tmp_path)
     command = "worker" if "worker" in opt.commands else "run" if "run" in opt.commands else "common"
     argv = [f"--{opt.name}" if parse_flag(text) else f"--no-{opt.name}"] if opt.type is bool \
@@ -137,6 +138,19 @@ def test_command_line_flag(opt, text, tmp_path, monkeypatch):
         assert f"--{opt.name}" in str(exc), str(exc)
         return
     assert_usable(opt, config[opt.name])
+
+
+@pytest.fixture
+def stop_embedded(tmp_path: Any) -> Iterator[None]:
+    """--embedded starts servers under ./.mrq (tmp_path) and leaves them running for later commands: stop them
+    once the test's examples are done, not at the end of the run."""
+    yield
+    from mrq.servers import _live_lock, _live_servers
+
+    with _live_lock:
+        servers = [s for s in _live_servers if str(s.data_dir).startswith(str(tmp_path))]
+    for server in servers:
+        server.cleanup(timeout=5)
 
 
 def parse_flag(text: str) -> bool:
@@ -153,7 +167,8 @@ def _literal(value: Any) -> str:
 @settings(HOSTILE, max_examples=40)
 @given(opt=st.sampled_from([o for o in OPTIONS if o.name not in ("config", "plugins")]),
        value=PY_VALUE.filter(lambda v: "object object" not in repr(v) and "Decimal" not in repr(v)))
-def test_config_file_value(opt, value, tmp_path):
+def test_config_file_value(opt, value, tmp_path, monkeypatch, stop_embedded):
+    monkeypatch.chdir(tmp_path)  # EMBEDDED = True starts servers under ./.mrq
     path = tmp_path / "hostile-config.py"
     path.write_text(f"{opt.name.upper()} = {_literal(value)}\n")
     command = "worker" if "worker" in opt.commands else "run" if "run" in opt.commands else "common"

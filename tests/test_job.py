@@ -298,7 +298,7 @@ def test_concurrent_enqueuers_of_the_same_ids_create_each_job_once(mrq_config, m
 
     ids = [str(ObjectId()) for _ in range(30)]
     procs = [subprocess.Popen([sys.executable, "-c", _ENQUEUER, mrq_urls.redis, mrq_urls.mongodb, ",".join(ids)],
-                              cwd=pytestconfig.rootpath) for _ in range(5)]
+                              cwd=pytestconfig.rootpath, start_new_session=True) for _ in range(5)]
     assert [p.wait(60) for p in procs] == [0] * 5
     assert connections.mongodb_jobs["mrq_jobs"].count_documents({}) == 30
     assert sorted(get_broker().list_ids("default")) == sorted(ids)

@@ -495,13 +495,14 @@ def test_worker_waits_for_an_unreachable_mongodb_and_still_stops(mrq_urls, tmp_p
     import sys
 
     from mrq.servers import free_port
-    from mrq.testing import FAST_WORKER_ENV, wait_until
+    from mrq.testing import FAST_WORKER_ENV, kill_process_group, wait_until
     stderr = tmp_path / "stderr"
     env = dict(os.environ, **FAST_WORKER_ENV, MRQ_REDIS=mrq_urls.redis,
                MRQ_MONGODB_JOBS=f"mongodb://127.0.0.1:{free_port()}/nothing?directConnection=true")
     with open(stderr, "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "mrq.cli", "worker"], env=env, stderr=err,
-                                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                start_new_session=True)
     try:
         wait_until(lambda: "is not reachable" in stderr.read_text() or proc.poll() is not None, timeout=60,
                    what="the worker waiting for MongoDB")
@@ -509,9 +510,8 @@ def test_worker_waits_for_an_unreachable_mongodb_and_still_stops(mrq_urls, tmp_p
         proc.send_signal(signal.SIGINT)
         assert proc.wait(20) == 0, stderr.read_text()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_process_group(proc.pid)
+        proc.wait()
 
 
 def test_a_dead_kernel_service_stops_the_worker_and_says_so(mrq_worker):

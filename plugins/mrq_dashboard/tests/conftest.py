@@ -52,7 +52,7 @@ class DashboardProcess:
         full_env.update(env or {})
         self.proc = subprocess.Popen([sys.executable, "-m", "mrq_dashboard.cli", "--dashboard_port", "0", *args],
                                      cwd=str(HERE), env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
+                                     text=True, start_new_session=True)
         self.stderr: list[str] = []
         threading.Thread(target=lambda: self.stderr.extend(self.proc.stderr), daemon=True).start()
         line = self.proc.stdout.readline()

@@ -40,7 +40,7 @@ def _port_free(port: int) -> bool:
 def test_no_arguments_serves_on_the_defaults(dashboard_urls, dash):
     extra = {} if _port_free(5555) else {"MRQ_DASHBOARD_PORT": "0"}  # 5555 taken by someone else: any port
     proc = subprocess.Popen([SCRIPT], cwd=str(HERE), env=_env(dashboard_urls, **extra), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         line = proc.stdout.readline()
         assert line.startswith("MRQ dashboard: http://127.0.0.1:"), line + proc.stderr.read()
