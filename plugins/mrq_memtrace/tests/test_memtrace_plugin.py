@@ -52,7 +52,10 @@ def test_a_leaking_task_is_reported_with_its_class_first_and_a_nonleaking_one_is
         assert data["status"] == "success"
         top = data["memory_growth"][0]
         assert (top["type"], top["delta"]) == (task("Leaky"), 1000), data["memory_growth"]
-        assert data["memory_diff"] > 0
+        # memory_diff is the process's RSS before/after: reported, but not asserted to grow. The allocator may
+        # serve the leak from memory freed earlier (the noleak jobs freed as much), and RSS is the kernel's view,
+        # which other processes' load can bend. The growth by type above is what the plugin measures per job.
+        assert isinstance(data["memory_diff"], int)
     for data in quiet:
         assert data["status"] == "success" and "memory_diff" in data
         assert not any(g["type"] == task("Leaky") for g in data["memory_growth"]), data["memory_growth"]
@@ -65,7 +68,8 @@ def test_a_leaking_task_is_reported_with_its_class_first_and_a_nonleaking_one_is
 
     tasks = wait_until(totals, 15, "the per-task totals in the report")
     assert tasks[task("leak")]["types"][0] == {"type": task("Leaky"), "delta": 3000}
-    assert tasks[task("leak")]["memory_diff"] > 0 and tasks[task("noleak")]["jobs"] == 5
+    assert tasks[task("leak")]["memory_diff"] == sum(data["memory_diff"] for data in leaks)
+    assert tasks[task("noleak")]["jobs"] == 5
     assert mrq_worker.stop() == 0
     err = capfd.readouterr().err
     job = leaks[0]["_id"]
