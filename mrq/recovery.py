@@ -40,14 +40,15 @@ def death_entry(worker_id: Any, why: str, now: datetime.datetime) -> dict[str, A
             "traceback": why}
 
 
-def _docs(ids: Iterable[str], fields: list[str]) -> dict[str, dict[str, Any]]:
+def _docs(ids: Iterable[str], fields: list[str], query: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     from mrq.context import connections
     from mrq.job import JOBS
 
     oids = [ObjectId(i) for i in ids if ObjectId.is_valid(i)]
     if not oids:
         return {}
-    return {str(d["_id"]): d for d in connections.mongodb_jobs[JOBS].find({"_id": {"$in": oids}}, fields)}
+    return {str(d["_id"]): d for d in connections.mongodb_jobs[JOBS].find({"_id": {"$in": oids}, **(query or {})},
+                                                                          fields)}
 
 
 def requeue_inflight(records: Iterable[InFlight], worker_id: str = "") -> list[str]:
@@ -80,7 +81,9 @@ def requeue_dead_worker_jobs(records: Iterable[InFlight], worker_id: str, max_de
     ``started`` on this worker). Raw jobs that stored nothing have no document: their payload goes back into their
     raw queue, uncounted. Returns ``{"requeued": [...], "poisoned": [...]}``.
 
-    Costs one ``find`` and up to two ``update_many`` in MongoDB, one Lua call in Redis.
+    MongoDB is updated before Redis gives the jobs back (a worker may pop them the next instant), and a death
+    already recorded by an interrupted earlier call is not recorded twice. Costs two ``find`` and up to three
+    ``update_many`` in MongoDB, one Lua call in Redis.
     """
     from mrq.context import connections, get_broker, get_current_config
     from mrq.job import JOBS, utcnow
@@ -94,31 +97,38 @@ def requeue_dead_worker_jobs(records: Iterable[InFlight], worker_id: str, max_de
     running = (len(records) if in_flight is None else in_flight) - len(recovered)
     records = [r for r in records if r.job_id not in recovered]
     alone = running <= 1 and len(records) == 1
-    docs = _docs([r.job_id for r in records], ["queue", "worker_deaths"])
-    poison = {i for i, d in docs.items()
-              if alone and max_deaths and int(d.get("worker_deaths") or 0) + 1 >= max_deaths}
-    as_regular = {r.job_id: docs[r.job_id].get("queue") or "default" for r in records
-                  if r.payload is not None and r.job_id in docs}
-    done = set(get_broker().requeue_inflight(records, worker_id, as_regular, drop=poison))
     now = utcnow()
     oid = ObjectId(worker_id) if ObjectId.is_valid(worker_id) else worker_id
+    # A death already recorded (an earlier pass stopped between its MongoDB update and its Redis requeue) is not
+    # recorded again: the update skips the documents that have it, and it counts in worker_deaths already.
+    this_death = {"traceback_history": {"$elemMatch": {"status": "workerdied", "worker": oid}}}
+    docs = _docs([r.job_id for r in records], ["queue", "worker_deaths"])
+    seen = set(_docs(list(docs), ["_id"], this_death)) if docs else set()
+    poison = {i for i, d in docs.items()
+              if alone and max_deaths and int(d.get("worker_deaths") or 0) + (i not in seen) >= max_deaths}
+    as_regular = {r.job_id: docs[r.job_id].get("queue") or "default" for r in records
+                  if r.payload is not None and r.job_id in docs}
     if alone:
         entry = death_entry(oid, f"The worker {worker_id} running this job alone died (heartbeat gone).", now)
     else:
         entry = death_entry(oid, f"The worker {worker_id} died (heartbeat gone) while this job ran beside "
                                  f"{running - 1} other(s): not counted against it; it runs alone next time.", now)
+    # MongoDB first: a job popped again the moment Redis has it back must already be a suspect (else a worker
+    # runs it beside others again) and its death recorded (else the worker it kills next hides this one).
     jobs = connections.mongodb_jobs[JOBS]
-    requeued = [i for i in done if i not in poison]
-    poisoned = [i for i in done if i in poison]
-    counted = [ObjectId(i) for i in requeued if i in docs]
+    counted = [ObjectId(i) for i in docs if i not in poison]
     if counted:
         jobs.update_many(
-            {"_id": {"$in": counted}, "$or": [{"status": {"$in": [st.QUEUED, st.RETRY, st.INTERRUPT]}},
-                                              {"status": st.STARTED, "worker": {"$in": [oid, None]}}]},
+            {"_id": {"$in": counted}, "traceback_history": {"$not": this_death["traceback_history"]},
+             "$or": [{"status": {"$in": [st.QUEUED, st.RETRY, st.INTERRUPT]}},
+                     {"status": st.STARTED, "worker": {"$in": [oid, None]}}]},
             {"$set": {"status": st.QUEUED, "dateupdated": now, "suspect": True},
              "$inc": {"worker_deaths": 1 if alone else 0}, "$push": {"traceback_history": entry}})
-    if poisoned:
-        _poison(jobs, [ObjectId(i) for i in poisoned], entry, max_deaths, now)
+    if poison:
+        _poison(jobs, [ObjectId(i) for i in poison], entry, max_deaths, now, this_death["traceback_history"])
+    done = set(get_broker().requeue_inflight(records, worker_id, as_regular, drop=poison))
+    requeued = [i for i in done if i not in poison]
+    poisoned = [i for i in done if i in poison]
     return {"requeued": requeued, "poisoned": poisoned, "recovered": recovered}
 
 
@@ -168,7 +178,8 @@ def store_marked_ends(records: Iterable[InFlight], worker_id: str) -> list[str]:
     return list(marks)
 
 
-def _poison(jobs: Any, oids: list[ObjectId], entry: dict[str, Any], max_deaths: int, now: datetime.datetime) -> None:
+def _poison(jobs: Any, oids: list[ObjectId], entry: dict[str, Any], max_deaths: int, now: datetime.datetime,
+            this_death: dict[str, Any]) -> None:
     import logging
 
     from mrq.context import get_current_config
@@ -181,7 +192,8 @@ def _poison(jobs: Any, oids: list[ObjectId], entry: dict[str, Any], max_deaths: 
     jobs.update_many(
         {"_id": {"$in": oids}, "status": {"$in": sorted(st.allowed_from(st.MAXWORKERDEATHS))}},
         {"$set": {"status": st.MAXWORKERDEATHS, "dateupdated": now, "exceptiontype": WORKER_DIED, "traceback": why,
-                  "dateexpires": now + datetime.timedelta(seconds=ttl)},
-         "$inc": {"worker_deaths": 1}, "$push": {"traceback_history": entry}})
+                  "dateexpires": now + datetime.timedelta(seconds=ttl)}})
+    jobs.update_many({"_id": {"$in": oids}, "traceback_history": {"$not": this_death}},
+                     {"$inc": {"worker_deaths": 1}, "$push": {"traceback_history": entry}})
     logging.getLogger("mrq.recovery").error("%d job(s) killed their worker %d times: status %s, not requeued: %s",
                                             len(oids), max_deaths, st.MAXWORKERDEATHS, " ".join(map(str, oids)))

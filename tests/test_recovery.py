@@ -138,3 +138,58 @@ def test_innocent_jobs_running_beside_a_poison_job_are_not_contained(mrq_worker,
     for i in innocents:
         data = Job(i).fetch().data
         assert not data.get("worker_deaths") and not data.get("suspect"), data
+
+
+def _dead_worker_with(job_ids, worker):
+    from mrq.context import get_broker
+
+    get_broker().dequeue(worker, ["default"], len(job_ids))
+    return get_broker().inflight(worker)
+
+
+def test_the_jobs_of_a_dead_worker_are_suspects_before_redis_gives_them_back(mrq_config, monkeypatch):
+    """A worker may pop the requeued jobs the instant Redis has them back: their documents must already say
+    suspect (or the worker runs them together again, and the poison kills it beside the others: seen under load,
+    6 runs for 3 counted deaths) and record the death."""
+    from bson import ObjectId
+
+    from mrq.broker import Broker
+    from mrq.recovery import requeue_dead_worker_jobs
+
+    ids = [queue_job(T + "Add", {"a": i, "b": 0}) for i in range(2)]
+    worker = str(ObjectId())
+    records = _dead_worker_with(ids, worker)
+    seen = {}
+    requeue = Broker.requeue_inflight
+
+    def spy(self, *args, **kwargs):
+        seen.update({i: Job(i).fetch().data for i in ids})
+        return requeue(self, *args, **kwargs)
+
+    monkeypatch.setattr(Broker, "requeue_inflight", spy)
+    assert sorted(requeue_dead_worker_jobs(records, worker)["requeued"]) == sorted(map(str, ids))
+    for data in seen.values():
+        assert data["suspect"] is True and "not counted" in data["traceback_history"][-1]["traceback"]
+
+
+def test_a_death_recorded_by_an_interrupted_recovery_is_not_counted_twice(mrq_config, monkeypatch):
+    from bson import ObjectId
+
+    from mrq.broker import Broker
+    from mrq.recovery import requeue_dead_worker_jobs
+
+    job_id = queue_job(T + "Add", {"a": 1, "b": 0})
+    worker = str(ObjectId())
+    records = _dead_worker_with([job_id], worker)
+    requeue = Broker.requeue_inflight
+
+    def crash(self, *args, **kwargs):
+        raise ConnectionError("the cleaner lost Redis between its two writes")
+
+    monkeypatch.setattr(Broker, "requeue_inflight", crash)
+    with pytest.raises(ConnectionError):
+        requeue_dead_worker_jobs(records, worker, max_deaths=2)
+    monkeypatch.setattr(Broker, "requeue_inflight", requeue)
+    assert requeue_dead_worker_jobs(records, worker, max_deaths=2)["requeued"] == [str(job_id)]
+    data = Job(job_id).fetch().data
+    assert data["worker_deaths"] == 1 and len(data["traceback_history"]) == 1 and data["status"] == st.QUEUED
