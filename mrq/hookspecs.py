@@ -9,8 +9,8 @@ Phases:
 
 1. Plugin and configuration: ``mrq_add_hookspecs``, ``mrq_add_options``, ``mrq_configure``.
 2. Enqueue (any process that queues jobs): ``mrq_jobs_enqueued``.
-3. Worker lifecycle: ``mrq_worker_start``, ``mrq_worker_services``, ``mrq_worker_report``,
-   ``mrq_redis_data_lost``, ``mrq_worker_stopping``, ``mrq_worker_stop``.
+3. Worker lifecycle: ``mrq_worker_start``, ``mrq_worker_job_fields``, ``mrq_worker_services``,
+   ``mrq_worker_report``, ``mrq_redis_data_lost``, ``mrq_worker_stopping``, ``mrq_worker_stop``.
 4. Job lifecycle (inside a worker): ``mrq_jobs_dequeued``, ``mrq_job_execute``, ``mrq_job_finished``,
    ``mrq_job_status_changed``.
 """
@@ -109,6 +109,22 @@ def mrq_worker_start(worker: Worker) -> None:
         ``worker.queues``, ``worker.greenlets``).
 
     Raising stops the worker with a non-zero exit code before any job runs.
+    """
+
+
+@hookspec
+def mrq_worker_job_fields(worker: Worker) -> list[str]:
+    """Return the fields of job documents this plugin reads from ``job.data`` in the worker.
+
+    :param worker: the starting worker.
+    :return: field names (top-level or dotted) to fetch with each dequeued job's document, besides the kernel's
+        own (``path``, ``params``, ``queue``, ``status``, ``retry_count``, ``datequeued``...). The lists of all
+        plugins are merged; a field the documents lack is simply absent from ``job.data``.
+
+    Called once per worker, right after ``mrq_worker_start`` and before the first dequeue. Fetching costs no
+    extra round trip (the worker reads each batch's documents in one ``find``), only the bytes of the fields:
+    the metrics plugin asks for ``dateupdated``, ``datedue`` and ``dateretry`` to time each job's wait. Raw jobs
+    have no document when they start: their ``job.data`` never has these fields.
     """
 
 

@@ -38,7 +38,7 @@ RECORDER = "tests.plugins.recorder"
 ALL_HOOKS = [
     "mrq_add_hookspecs", "mrq_add_options", "mrq_configure",
     "mrq_jobs_enqueued",
-    "mrq_worker_start", "mrq_worker_services", "mrq_worker_report", "mrq_redis_data_lost", "mrq_worker_stopping",
+    "mrq_worker_start", "mrq_worker_job_fields", "mrq_worker_services", "mrq_worker_report", "mrq_redis_data_lost", "mrq_worker_stopping",
     "mrq_worker_stop", "mrq_jobs_dequeued", "mrq_job_execute", "mrq_job_finished", "mrq_job_status_changed",
 ]
 
@@ -468,7 +468,8 @@ def test_hooks_end_to_end(recorded_run):
     start = index(there, "mrq_worker_start")
     assert there[start]["worker"] == worker_id and there[start]["greenlets"] == 2
     assert there[start]["recorder_flag"] is True and there[start]["queues"] == ["default"]
-    assert index(there, "mrq_worker_services") == start + 1
+    assert index(there, "mrq_worker_job_fields") == start + 1
+    assert index(there, "mrq_worker_services") == start + 2
     assert index(there, "service_ran") > start
     assert hooks.count("service_ran") == 1 and hooks.count("mrq_worker_start") == 1
     stop = index(there, "mrq_worker_stop")
@@ -560,6 +561,27 @@ def test_hook_mrq_redis_data_lost_once_per_loss_and_mrq_worker_stopping_reasons(
     queue_job(T + "Add", {"a": 1, "b": 1})
     assert worker.proc.wait(30) == 0
     assert [r["reason"] for r in by_hook(read_records(single), "mrq_worker_stopping")] == ["max_jobs"]
+
+
+def test_hook_mrq_worker_job_fields_adds_fields_to_job_data(mrq_worker, tmp_path):
+    """A field a plugin asks for (``recorder_mark``) is in ``job.data`` of the jobs it sees; asked once per worker,
+    between mrq_worker_start and mrq_worker_services."""
+    from mrq.context import connections
+    from mrq.job import queue_job
+
+    marked, plain = queue_job(T + "Add", {"a": 1, "b": 1}), queue_job(T + "Add", {"a": 2, "b": 2})
+    connections.mongodb_jobs["mrq_jobs"].update_one({"_id": marked}, {"$set": {"recorder_mark": "here"}})
+    there = tmp_path / "worker.jsonl"
+    mrq_worker.start("--plugins", RECORDER, env={"MRQ_RECORDER_FILE": str(there)})
+    mrq_worker.wait_for_idle()
+    assert mrq_worker.stop() == 0
+    records = read_records(there)
+    hooks = [r["hook"] for r in records]
+    assert hooks.count("mrq_worker_job_fields") == 1
+    assert index(records, "mrq_worker_start") < index(records, "mrq_worker_job_fields") \
+        < index(records, "mrq_worker_services")
+    assert by_hook(records, "mrq_job_finished", job=str(marked))[0]["mark"] == "here"
+    assert by_hook(records, "mrq_job_finished", job=str(plain))[0]["mark"] is None
 
 
 def test_hook_mrq_worker_start_failure_stops_the_worker(mrq_worker):

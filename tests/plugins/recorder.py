@@ -98,6 +98,12 @@ def mrq_worker_start(worker: Any) -> None:
            recorder_flag=worker.config.get("recorder_flag"))
 
 
+@hookimpl
+def mrq_worker_job_fields(worker: Any) -> list[str]:
+    record("mrq_worker_job_fields", worker=str(worker.id))
+    return ["recorder_mark", "path"]  # "path" is the kernel's already: merged, not fetched twice
+
+
 def _service() -> None:
     import gevent
 
@@ -145,7 +151,8 @@ def mrq_job_execute(worker: Any, job: Any) -> Generator[None, Any, Any]:
 
 @hookimpl
 def mrq_job_finished(worker: Any, job: Any, status: str) -> None:
-    record("mrq_job_finished", job=str(job.id), status=status, worker=str(worker.id) if worker else None)
+    record("mrq_job_finished", job=str(job.id), status=status, worker=str(worker.id) if worker else None,
+           mark=(job.data or {}).get("recorder_mark"))
 
 
 @hookimpl
