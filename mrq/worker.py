@@ -84,6 +84,7 @@ class Worker:
         self._main: gevent.Greenlet | None = None
         self._services: list[gevent.Greenlet] = []
         self._settings: dict[str, TaskSettings] = {}
+        self._fetch_fields = list(_FETCH_FIELDS)  # and those of mrq_worker_job_fields
         self._rotation = 0
         self._popped: set[str] = set()
         self._pushback = {name: rs.pushback_seconds for name, rs in (config.get("raw_queues") or {}).items()
@@ -122,6 +123,8 @@ class Worker:
             return self._stop_before_start()
         try:
             self.plugins.hook.mrq_worker_start(worker=self)
+            for fields in self.plugins.hook.mrq_worker_job_fields(worker=self):
+                self._fetch_fields += [f for f in fields or [] if f not in self._fetch_fields]
         except Exception as exc:
             self.log.error("Worker could not start: %s: %s", type(exc).__name__, exc)
             return 1
@@ -473,7 +476,7 @@ class Worker:
     def _fetch(self, ids: list[ObjectId]) -> dict[ObjectId, dict[str, Any]]:
         while True:
             try:
-                return {d["_id"]: d for d in self.db[JOBS].find({"_id": {"$in": ids}}, _FETCH_FIELDS)}
+                return {d["_id"]: d for d in self.db[JOBS].find({"_id": {"$in": ids}}, self._fetch_fields)}
             except Exception as exc:  # noqa: BLE001 - MongoDB down: the ids stay in flight, retry
                 self.log.warning("Fetching %d jobs failed (%s: %s); retrying", len(ids), type(exc).__name__, exc)
                 gevent.sleep(1)
@@ -699,7 +702,8 @@ class Worker:
             "jobs": jobs,
             "counters": dict(self.counters) | {
                 "redis_roundtrips": ROUNDTRIPS["redis"], "mongodb_roundtrips": ROUNDTRIPS["mongodb"],
-                "statuses_written": self.writer.written, "status_writes_refused": self.writer.refused,
+                "statuses_written": self.writer.written, "status_batches": self.writer.batches,
+                "status_writes_refused": self.writer.refused,
                 "status_write_errors": self.writer.errors, "log_lines_dropped": self.log_handler.dropped,
                 "log_lines_truncated": self.log_handler.truncated},
         }

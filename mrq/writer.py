@@ -95,6 +95,7 @@ class StatusWriter:
         self._in_progress = 0
         self._closed = False
         self.written = 0
+        self.batches = 0  # bulk writes that stored statuses (MongoDB round trips of this writer)
         self.refused = 0
         self.errors = 0
 
@@ -280,6 +281,7 @@ class StatusWriter:
                 gevent.sleep(min(1.0, self.interval * 2))
                 return False
             self.written += len(ops)
+            self.batches += 1
             written = [(i, p.set.get("status", ""), p.set) for i, p in pending.items()]
             if result.matched_count + result.upserted_count < len(ops):
                 self._unverified.extend(written)  # some were refused: find out which before reporting
