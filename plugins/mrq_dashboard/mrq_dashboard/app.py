@@ -113,6 +113,31 @@ def _panels(page: str, job: dict[str, Any] | None = None) -> list[dict[str, Any]
     return out
 
 
+_ROUTE_RULE = re.compile(r"^/[A-Za-z0-9_./-]{1,200}$")
+
+
+def _add_plugin_routes(app: Flask) -> None:
+    """The routes of ``mrq_dashboard_routes``: GET only; a malformed one, or one taken by the dashboard, is logged
+    and left out."""
+    for route in _plugin_items("mrq_dashboard_routes"):
+        rule, name, view = str(route.get("rule", "")), str(route.get("name", "")), route.get("view")
+        if not _ROUTE_RULE.match(rule) or ".." in rule or not _PAGE_NAME.match(name) or not callable(view):
+            log.warning("Dashboard: route %r needs a rule /[A-Za-z0-9_./-], a name [a-z0-9_-] and a view callable; "
+                        "ignored", rule)
+            continue
+        taken = app.url_map.bind("localhost").test(rule, method="GET") or f"plugin_route_{name}" in app.view_functions
+        if taken or rule.startswith(("/api/", "/static/", "/p/", "/jobs/")):
+            log.warning("Dashboard: route %s (%s) of a plugin is taken (by the dashboard or another plugin); ignored",
+                        rule, name)
+            continue
+
+        def plugin_view(view: Any = view) -> Response:
+            body, status, headers = view(dict(request.args.items()))
+            return Response(body, status=int(status), headers=dict(headers or {}))
+
+        app.add_url_rule(rule, endpoint=f"plugin_route_{name}", view_func=plugin_view, methods=["GET"])
+
+
 def create_app(config: Mapping[str, Any]) -> Flask:
     """The dashboard's Flask application for ``config`` (a resolved MRQ configuration)."""
     app = Flask(__name__)
@@ -317,4 +342,5 @@ def create_app(config: Mapping[str, Any]) -> Flask:
         Queue(name).resume()
         return ok({"queue": name, "paused": False})
 
+    _add_plugin_routes(app)
     return app

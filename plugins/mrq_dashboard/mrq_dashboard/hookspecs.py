@@ -1,4 +1,4 @@
-"""The dashboard's own hooks, through which other plugins add pages, panels and job columns.
+"""The dashboard's own hooks, through which other plugins add pages, panels, job columns and routes.
 
 The dashboard declares them with MRQ's ``mrq_add_hookspecs`` hook. A plugin implements them with
 ``mrq.hookspecs.hookimpl``; mark the implementations ``optionalhook=True`` so the plugin still loads in a
@@ -59,4 +59,23 @@ class DashboardSpecs:
 
         :return: a list of ``{"name": str, "title": str, "field": "dotted.path.in.the.job.document"}``; the
             value at ``field`` is shown as text (JSON for objects).
+        """
+
+    @hookspec
+    def mrq_dashboard_routes(self) -> list[dict[str, Any]]:
+        """Routes of your own, answered by the dashboard (behind its Host check and ``--dashboard_httpauth``, like
+        every route): a Prometheus ``/metrics``, a health check, an export.
+
+        :return: a list of dicts:
+
+            * ``rule``: the path, ``/`` then ``[A-Za-z0-9_./-]`` (``/metrics``); one the dashboard serves itself
+              (``/``, ``/api/...``, ``/static/...``, its pages) is refused, logged, and the dashboard's stays;
+            * ``name``: a name for the route, ``[a-z0-9_-]+`` (unique across plugins);
+            * ``view``: a callable ``view(args)`` taking the query arguments (a dict of text) and returning
+              ``(body, status, headers)``: ``bytes`` or ``str``, an HTTP status code, a dict of headers
+              (``Content-Type`` at least). Called per ``GET`` request (no other method), in the dashboard
+              process, with MRQ's context set up.
+
+        Called once, when the dashboard's application is created. What a route answers is sent as it is: unlike
+        pages and panels, a route is not shown inside the dashboard's pages, so escaping is the view's concern.
         """

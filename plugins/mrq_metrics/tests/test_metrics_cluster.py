@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime
 import time
 
-from conftest import T, parse
+from metrics_helpers import T, parse
 from mrq.connections import ROUNDTRIPS
 from mrq.context import connections, get_broker
 from mrq.job import queue_job, queue_jobs

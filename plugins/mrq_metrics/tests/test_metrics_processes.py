@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import ENV, T, by_status, free_port, scrape, total, try_scrape
+from metrics_helpers import ENV, T, by_status, free_port, scrape, total, try_scrape
 from mrq.context import connections
 from mrq.job import queue_jobs
 from mrq.testing import FAST_WORKER_ENV, PREFIX_ENV, wait_for_idle, wait_until

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 
-from conftest import ENV, T, by_status, free_port, parse, scrape, total, try_scrape
+from metrics_helpers import ENV, T, by_status, free_port, parse, scrape, total, try_scrape
 from mrq.context import connections
 from mrq.job import Job, queue_job, queue_jobs
 from mrq.testing import wait_until
@@ -20,8 +20,8 @@ def stored_statuses(ids) -> Counter[str]:
                                                                                 {"status": 1}))
 
 
-def test_counters_by_status_equal_the_statuses_stored_in_mongodb(mrq_worker, metrics_dir):
-    port = free_port()
+def test_counters_by_status_equal_the_statuses_stored_in_mongodb(mrq_worker, tmp_path):
+    port, metrics_dir = free_port(), tmp_path / "metrics"
     cancelled_queued = queue_job(T + "Add", {"a": 1})  # cancelled before any worker saw it: counted by none
     assert Job(cancelled_queued).cancel()
     waited = queue_job(T + "Add", {"a": 2}, queue="early")  # waits ~1 s for the worker to start
@@ -79,8 +79,8 @@ def test_counters_by_status_equal_the_statuses_stored_in_mongodb(mrq_worker, met
     assert total(final, "mrq_status_write_batches_total") >= 1
 
 
-def test_in_progress_and_nothing_without_a_port(mrq_worker_factory, metrics_dir):
-    port = free_port()
+def test_in_progress_and_nothing_without_a_port(mrq_worker_factory, tmp_path):
+    port, metrics_dir = free_port(), tmp_path / "metrics"
     worker = mrq_worker_factory().start("--plugins", "metrics", "--metrics_port", str(port), "--metrics_dir",
                                         str(metrics_dir), "--metrics_interval", "0.1", env=ENV)
     url = f"http://127.0.0.1:{port}/metrics"

@@ -1,4 +1,7 @@
-"""Helpers of mrq-metrics' tests: scraping an endpoint, free ports, the tasks' folder on the workers' path."""
+"""Helpers of mrq-metrics' tests: scraping an endpoint, free ports, the tasks' folder on the workers' path.
+
+Not a ``conftest.py``: the dashboard's tests import theirs by that name.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 HERE = Path(__file__).resolve().parent
@@ -62,9 +64,3 @@ def by_status(samples: dict[Any, float], name: str = "mrq_jobs_ended_total") -> 
 def total(samples: dict[Any, float], name: str, **labels: str) -> float:
     return sum(v for (n, ls), v in samples.items() if n == name and all(dict(ls).get(k) == x
                                                                        for k, x in labels.items()))
-
-
-@pytest.fixture
-def metrics_dir(tmp_path: Path) -> Path:
-    path = tmp_path / "metrics"
-    return path
