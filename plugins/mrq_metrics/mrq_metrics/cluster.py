@@ -25,9 +25,12 @@ from prometheus_client.registry import Collector
 
 from mrq_metrics.figures import runnable_since
 
-__all__ = ["QueueStats", "ClusterCollector", "queue_stats", "WORKERS"]
+__all__ = ["QueueStats", "ClusterCollector", "queue_stats", "WORKERS", "CLUSTER_METRICS"]
 
 log = logging.getLogger("mrq.metrics")
+
+#: The gauges computed at scrape time.
+CLUSTER_METRICS = ("mrq_queue_jobs", "mrq_queue_oldest_job_age_seconds", "mrq_workers", "mrq_concurrency_slots_in_use")
 
 #: MongoDB collection of the worker reports (the kernel's ``mrq.worker.WORKERS``).
 WORKERS = "mrq_workers"
