@@ -40,6 +40,8 @@ FINAL_STATUSES = frozenset({"success", "failed", "maxretries", "cancel", "abort"
                             "maxworkerdeaths"})
 _ENDS = FINAL_STATUSES | {"retry", "interrupt"}  # statuses that end an execution (an entry is done)
 _EPOCH = datetime.datetime(1970, 1, 1)
+_NO_DATA: dict[str, Any] = {}
+_bisect = bisect.bisect_left
 
 #: Seconds after its end a job's stored status is looked up, if it never came back from the status writer.
 LOOKUP_AFTER = 60.0
@@ -66,19 +68,20 @@ REPORT_COUNTERS = {"redis_roundtrips": "mrq_redis_roundtrips", "mongodb_roundtri
 
 
 def runnable_since(data: dict[str, Any]) -> float | None:
-    """Unix time from which a job could run: the latest of when it was queued or requeued (``datequeued``,
-    ``dateupdated``), its due time when delayed (``datedue``) and the due time of its retry (``dateretry``).
-    ``None`` for a raw job (no document when it starts, so no enqueue time)."""
+    """Unix time from which a job could run: the latest of when it was queued or last updated (``datequeued``,
+    ``dateupdated``: a requeue or an interrupt sets them), its due time when delayed (``datedue``) and the due time
+    of its retry (``dateretry``). ``None`` for a raw job (no document when it starts, so no enqueue time)."""
     if "raw_queue" in data:
         return None
-    latest = None
-    for key in ("datequeued", "dateupdated", "datedue", "dateretry"):
-        value = data.get(key)
-        if value is not None and (latest is None or value > latest):
-            latest = value
+    latest = data.get("dateupdated") or data.get("datequeued")  # dateupdated >= datequeued
+    due = data.get("datedue") or data.get("dateretry")
+    if due is not None and (latest is None or due > latest):
+        latest = due
     if latest is None:
         return None
-    return (latest.replace(tzinfo=None) - _EPOCH).total_seconds()
+    if latest.tzinfo is not None:  # a client with tz_aware=True
+        latest = latest.replace(tzinfo=None) - latest.utcoffset()
+    return (latest - _EPOCH).total_seconds()
 
 
 class Figures:
@@ -86,7 +89,7 @@ class Figures:
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
-        #: job id -> [queue, path, status computed by the worker or None, monotonic time of the last event]
+        #: job id -> [(queue, path), status computed by the worker or None, monotonic time of the last event]
         self.entries: dict[Any, list[Any]] = {}
         self.ended: dict[tuple[str, str, str], int] = {}
         self.retries: dict[tuple[str, str], int] = {}
@@ -104,51 +107,50 @@ class Figures:
     def dequeued(self, jobs: Iterable[Any]) -> None:
         entries, now = self.entries, time.monotonic()
         for job in jobs:
-            data = job.data or {}
-            entries[job.id] = [data.get("queue", "default"), data.get("path", ""), None, now]
+            data = job.data or _NO_DATA
+            entries[job.id] = [(data.get("queue", "default"), data.get("path", "")), None, now]
 
     def finished(self, job: Any, status: str) -> None:
-        data = job.data or {}
+        data = job.data or _NO_DATA
         entry = self.entries.get(job.id)
         if entry is None:  # dequeued long ago (a suspect that waited its turn): its labels from the job itself
-            entry = self.entries[job.id] = [data.get("queue", "default"), data.get("path", ""), None, 0.0]
-        key = (entry[0], entry[1])
+            entry = self.entries[job.id] = [(data.get("queue", "default"), data.get("path", "")), None, 0.0]
+        key = entry[0]
         start = job.datestarted
         if start:
-            now = time.time()
-            h = self.run.get(key)
-            if h is None:
-                h = self.run[key] = [0] * (_INF + 1) + [0.0]
-            took = now - start
-            h[bisect.bisect_left(BUCKETS, took)] += 1
+            took = time.time() - start
+            h = self.run.get(key) or self._histogram(self.run, key)
+            h[_bisect(BUCKETS, took)] += 1
             h[-1] += took
             since = runnable_since(data)
             if since is not None:
-                waited = max(0.0, start - since)
-                h = self.wait.get(key)
-                if h is None:
-                    h = self.wait[key] = [0] * (_INF + 1) + [0.0]
-                h[bisect.bisect_left(BUCKETS, waited)] += 1
+                waited = start - since if start > since else 0.0
+                h = self.wait.get(key) or self._histogram(self.wait, key)
+                h[_bisect(BUCKETS, waited)] += 1
                 h[-1] += waited
         if status == "cancel" or "raw_queue" in data:
             del self.entries[job.id]
-            self._count(entry[0], entry[1], status)
+            self._count(key, status)
         else:
-            entry[2], entry[3] = status, time.monotonic()
+            entry[1], entry[2] = status, time.monotonic()
+
+    @staticmethod
+    def _histogram(table: dict[tuple[str, str], list[float]], key: tuple[str, str]) -> list[float]:
+        h = table[key] = [0] * (_INF + 1) + [0.0]
+        return h
 
     def status_changed(self, job_id: Any, status: str) -> None:
-        if status not in _ENDS:
-            return
-        entry = self.entries.pop(job_id, None)
-        if entry is not None:
-            self._count(entry[0], entry[1], status)
+        if status in _ENDS:
+            entry = self.entries.pop(job_id, None)
+            if entry is not None:
+                self._count(entry[0], status)
 
-    def _count(self, queue: str, path: str, status: str) -> None:
+    def _count(self, key: tuple[str, str], status: str) -> None:
         if status in FINAL_STATUSES:
-            key = (queue, path, status)
-            self.ended[key] = self.ended.get(key, 0) + 1
+            ended = (key[0], key[1], status)
+            self.ended[ended] = self.ended.get(ended, 0) + 1
         elif status == "retry":
-            self.retries[(queue, path)] = self.retries.get((queue, path), 0) + 1
+            self.retries[key] = self.retries.get(key, 0) + 1
 
     # ------------------------------------------------------------------ every --metrics_interval
     def sweep(self, running: set[Any], collection: Any, now: float | None = None) -> int:
@@ -157,21 +159,21 @@ class Figures:
         dequeued but never run here (deferred for a max_concurrency slot) are forgotten. Returns how many were
         settled."""
         now = time.monotonic() if now is None else now
-        late = [i for i, e in self.entries.items() if now - e[3] > LOOKUP_AFTER and i not in running]
+        late = [i for i, e in self.entries.items() if now - e[2] > LOOKUP_AFTER and i not in running]
         if not late:
             return 0
-        ended = [i for i in late if self.entries[i][2] is not None]
+        ended = [i for i in late if self.entries[i][1] is not None]
         for i in late:
-            if self.entries[i][2] is None:
+            if self.entries[i][1] is None:
                 del self.entries[i]
         if ended:
             stored = {d["_id"]: d.get("status") for d in collection.find({"_id": {"$in": ended}}, {"status": 1})}
             for i in ended:
                 status = stored.get(i)
-                if status in _ENDS or status is None or now - self.entries[i][3] > 3600:
+                if status in _ENDS or status is None or now - self.entries[i][2] > 3600:
                     entry = self.entries.pop(i)
                     if status is not None:
-                        self._count(entry[0], entry[1], status)
+                        self._count(entry[0], status)
                 # else: its write is still on its way (MongoDB down?): status_changed will count it
         return len(late)
 
