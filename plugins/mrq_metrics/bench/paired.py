@@ -32,10 +32,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run(bench: Any, servers: Any, rep: int, kind: str, with_metrics: bool, n: int) -> dict[str, Any]:
+def run(bench: Any, servers: Any, rep: int, kind: str, with_metrics: bool, n: int, port: bool = True
+        ) -> dict[str, Any]:
     target = servers.fresh_mongodb() if kind == "regular" else servers.target
     saved = {k: os.environ.get(k) for k in ("MRQ_METRICS_PORT", "MRQ_METRICS_DIR")}
-    if with_metrics:
+    if with_metrics and port:
         os.environ["MRQ_METRICS_PORT"] = str(free_port())
         os.environ["MRQ_METRICS_DIR"] = tempfile.mkdtemp(prefix="mrq-metrics-bench-")
     try:
@@ -56,6 +57,8 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=3000, help="regular jobs per run (with --regular)")
     parser.add_argument("--regular", action="store_true", help="also pair runs on a regular queue")
     parser.add_argument("--greenlets", type=int, default=50)
+    parser.add_argument("--no-port", action="store_true",
+                        help="the 'with' runs enable the plugin without --metrics_port: pluggy's dispatch only")
     parser.add_argument("--out", default="/tmp/mrq-metrics-paired.json")
     args = parser.parse_args()
     bench_args = argparse.Namespace(n=args.n, raw_n=args.raw_n, greenlets=args.greenlets, timeout=600.0,
@@ -69,7 +72,7 @@ def main() -> int:
             for kind in ("raw", "regular") if args.regular else ("raw",):
                 n = args.raw_n if kind == "raw" else args.n
                 order = [False, True] if rep % 2 else [True, False]
-                res = {m: run(bench, servers, rep, kind, m, n) for m in order}
+                res = {m: run(bench, servers, rep, kind, m, n, port=not args.no_port) for m in order}
                 off, on = res[False], res[True]
                 row = {"repeat": rep, "ok": off["ok"] and on["ok"], "order": order, "load": os.getloadavg()[0]}
                 for key in ("rate_per_s", "cpu_us_per_job"):

@@ -188,8 +188,8 @@ class Figures:
         key = (name, labels)
         value = self._values.get(key)
         if value is None:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.directory  # where MultiProcessValue puts its files
             if self._value_class is None:
-                os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.directory  # where MultiProcessValue puts its files
                 self._value_class = MultiProcessValue()
             value = self._values[key] = self._value_class(typ, metric, name, list(labelnames), list(labels),
                                                           HELP[metric], multiprocess_mode=mode)
