@@ -26,8 +26,7 @@ def fill(directory: str, pid: int, keys: int) -> None:
     figures._value_class = MultiProcessValue(lambda: pid)  # as if written by process `pid`
     for k in range(keys):
         key = (f"queue{k % 10}", f"tasks.Task{k}")
-        for status in sorted(FINAL_STATUSES):
-            figures.ended[(key[0], key[1], status)] = k + 1
+        figures.ended[key] = {status: k + 1 for status in sorted(FINAL_STATUSES)}
         figures.retries[key] = 1
         for table in (figures.run, figures.wait):
             h = table[key] = [0] * (len(figures_module.BUCKETS) + 1) + [0.0]

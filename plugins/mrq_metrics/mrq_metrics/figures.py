@@ -91,7 +91,7 @@ class Figures:
         self.directory = directory
         #: job id -> [(queue, path), status computed by the worker or None, monotonic time of the last event]
         self.entries: dict[Any, list[Any]] = {}
-        self.ended: dict[tuple[str, str, str], int] = {}
+        self.ended: dict[tuple[str, str], dict[str, int]] = {}  # (queue, path) -> status -> count
         self.retries: dict[tuple[str, str], int] = {}
         self.run: dict[tuple[str, str], list[float]] = {}
         self.wait: dict[tuple[str, str], list[float]] = {}
@@ -108,27 +108,35 @@ class Figures:
         entries, now = self.entries, time.monotonic()
         for job in jobs:
             data = job.data or _NO_DATA
-            entries[job.id] = [(data.get("queue", "default"), data.get("path", "")), None, now]
+            if "raw_queue" not in data:  # a raw job is counted when it ends: it needs no entry
+                entries[job.id] = [(data.get("queue", "default"), data.get("path", "")), None, now]
 
     def finished(self, job: Any, status: str) -> None:
         data = job.data or _NO_DATA
-        entry = self.entries.get(job.id)
-        if entry is None:  # dequeued long ago (a suspect that waited its turn): its labels from the job itself
-            entry = self.entries[job.id] = [(data.get("queue", "default"), data.get("path", "")), None, 0.0]
-        key = entry[0]
+        raw = data.get("raw_queue")
+        if raw is not None:  # labelled with the raw queue it came from (its "queue" is where a retry would go)
+            key = (raw, data.get("path", ""))
+            entry = None
+        else:
+            entry = self.entries.get(job.id)
+            if entry is None:  # dequeued long ago (a suspect that waited its turn): its labels from the job itself
+                entry = self.entries[job.id] = [(data.get("queue", "default"), data.get("path", "")), None, 0.0]
+            key = entry[0]
         start = job.datestarted
         if start:
             took = time.time() - start
             h = self.run.get(key) or self._histogram(self.run, key)
             h[_bisect(BUCKETS, took)] += 1
             h[-1] += took
-            since = runnable_since(data)
+            since = runnable_since(data) if entry is not None else None
             if since is not None:
                 waited = start - since if start > since else 0.0
                 h = self.wait.get(key) or self._histogram(self.wait, key)
                 h[_bisect(BUCKETS, waited)] += 1
                 h[-1] += waited
-        if status == "cancel" or "raw_queue" in data:
+        if entry is None:
+            self._count(key, status)
+        elif status == "cancel":
             del self.entries[job.id]
             self._count(key, status)
         else:
@@ -147,8 +155,10 @@ class Figures:
 
     def _count(self, key: tuple[str, str], status: str) -> None:
         if status in FINAL_STATUSES:
-            ended = (key[0], key[1], status)
-            self.ended[ended] = self.ended.get(ended, 0) + 1
+            by_status = self.ended.get(key)
+            if by_status is None:
+                by_status = self.ended[key] = {}
+            by_status[status] = by_status.get(status, 0) + 1
         elif status == "retry":
             self.retries[key] = self.retries.get(key, 0) + 1
 
@@ -204,9 +214,10 @@ class Figures:
 
     def flush(self, in_progress: Counter[tuple[str, str]]) -> None:
         """Write the totals that changed since the last flush to this process's files."""
-        for (queue, path, status), total in list(self.ended.items()):
-            self._set("counter", "mrq_jobs_ended", "mrq_jobs_ended_total", ("queue", "path", "status"),
-                      (queue, path, status), total)
+        for (queue, path), by_status in list(self.ended.items()):
+            for status, total in list(by_status.items()):
+                self._set("counter", "mrq_jobs_ended", "mrq_jobs_ended_total", ("queue", "path", "status"),
+                          (queue, path, status), total)
         for (queue, path), total in list(self.retries.items()):
             self._set("counter", "mrq_job_retries", "mrq_job_retries_total", ("queue", "path"), (queue, path), total)
         for metric, table in (("mrq_job_run_seconds", self.run), ("mrq_job_wait_seconds", self.wait)):

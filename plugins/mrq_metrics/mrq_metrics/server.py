@@ -144,6 +144,7 @@ class Endpoint:
     def __init__(self, ip: str, port: int, app: Callable[..., Any]) -> None:
         self.ip, self.port, self.app = ip, port, app
         self.server: Any = None
+        self._warned: set[int | None] = set()
 
     @property
     def serving(self) -> bool:
@@ -159,8 +160,10 @@ class Endpoint:
         try:
             server.start()
         except OSError as exc:
-            if exc.errno != errno.EADDRINUSE:
-                log.warning("metrics: cannot listen on %s:%d: %s", self.ip, self.port, exc)
+            if exc.errno != errno.EADDRINUSE and exc.errno not in self._warned:  # in use: another process serves
+                self._warned.add(exc.errno)
+                log.warning("metrics: cannot listen on %s:%d: %s (trying again every --metrics_interval)", self.ip,
+                            self.port, exc)
             return False
         self.server = server
         log.info("metrics: serving http://%s:%d/metrics for the worker processes of this host", self.ip, self.port)

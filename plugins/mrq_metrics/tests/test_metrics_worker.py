@@ -96,3 +96,34 @@ def test_in_progress_and_nothing_without_a_port(mrq_worker_factory, tmp_path):
     off.wait_for_idle()
     assert "metrics" not in off.report() and not (metrics_dir / "off").exists()
     assert off.stop() == 0
+
+
+RAW_CONFIG = '''
+RAW_QUEUES = {
+    "crawl_raw": {
+        "job_factory": lambda payload: {"path": "metrics_tasks." + payload, "params": {}},
+        "retry_queue": "crawl_retries",
+        "statuses_no_storage": ("started", "success"),
+    },
+}
+'''
+
+
+def test_raw_jobs_count_when_they_end_even_unstored(mrq_worker, tmp_path):
+    from mrq.context import get_broker
+
+    config = tmp_path / "raw-config.py"
+    config.write_text(RAW_CONFIG)
+    port = free_port()
+    mrq_worker.start("--plugins", "metrics", "--metrics_port", str(port), "--metrics_dir", str(tmp_path / "m"),
+                     "--metrics_interval", "0.1", "--config", str(config), queues=("crawl_raw",), env=ENV)
+    get_broker().push_raw("crawl_raw", ["Add", "Add", "Add", "Fail"])
+    mrq_worker.wait_for_idle()
+    url = f"http://127.0.0.1:{port}/metrics"
+    samples = wait_until(lambda: (s := scrape(url)) and by_status(s) == {"success": 3, "failed": 1} and s,
+                         what="3 successes (never stored) and 1 failure counted")
+    assert total(samples, "mrq_jobs_ended_total", queue="crawl_raw", path=T + "Add") == 3
+    assert total(samples, "mrq_job_run_seconds_count", queue="crawl_raw") == 4
+    assert total(samples, "mrq_job_wait_seconds_count") == 0  # a raw payload has no enqueue time
+    assert stored_statuses([d["_id"] for d in connections.mongodb_jobs["mrq_jobs"].find()]) == {"failed": 1}
+    assert mrq_worker.stop() == 0
