@@ -15,6 +15,7 @@ In ``mrq-dashboard``, the dashboard's hook ``mrq_dashboard_routes`` adds ``/metr
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -22,7 +23,6 @@ from typing import Any
 
 import gevent
 from mrq.config import Option
-from mrq.exceptions import ConfigError
 from mrq.hookspecs import hookimpl
 from mrq.job import JOBS
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -114,6 +114,11 @@ def _check_port(port: int) -> None:
         raise ValueError(f"{port} is not a TCP port (0 = off, else 1-65535)")
 
 
+def _check_interval(seconds: float) -> None:
+    if not (math.isfinite(seconds) and 0 < seconds <= 3600):
+        raise ValueError(f"{seconds} is not a number of seconds between 0 (excluded) and 3600")
+
+
 @hookimpl
 def mrq_add_options() -> list[Option]:
     w = ("worker",)
@@ -126,17 +131,11 @@ def mrq_add_options() -> list[Option]:
         Option("metrics_dir", str, "", "metrics: directory the worker processes of this host share their figures "
                "in ('' = <tmp>/mrq-metrics-<uid>-<port>).", commands=w),
         Option("metrics_interval", float, 1.0, "metrics: seconds between two writes of a process's figures to the "
-               "shared directory (how stale a scrape may be).", commands=w),
+               "shared directory (how stale a scrape may be).", commands=w, check=_check_interval),
         Option("metrics_cluster", bool, True, "metrics: the endpoint also reports the gauges of this worker's "
                "queues (depth, oldest job age) and the live workers, read from Redis and MongoDB at each scrape.",
                commands=w),
     ]
-
-
-@hookimpl
-def mrq_configure(config: Any) -> None:
-    if float(config.get("metrics_interval") or 0) <= 0:
-        raise ConfigError(f"--metrics_interval is {config.get('metrics_interval')}: use a number of seconds > 0.")
 
 
 @hookimpl
