@@ -28,7 +28,8 @@ Isolation (see docs/testing.md)
     environment; after each test's teardown, any such process still alive, and any new descendant of this
     process, is killed with its process group and reported; the run fails, naming the test, if a test left
     one, or if any process the session started is alive at its end. ``mrq_leftover_processes = warn`` (or
-    ``off``) in the pytest ini file only reports them (or skips the checks).
+    ``off``) in the pytest ini file only reports them (or skips the checks); ``mrq_leftover_grace`` (3 s)
+    is how long a process on its way out gets before it counts as left.
 
 This module must stay cheap to import and must not import gevent: pytest loads it in every session.
 """
@@ -543,18 +544,22 @@ def kill_process_group(pgid: int) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 _LEFTOVERS_INI = "mrq_leftover_processes"
+_GRACE_INI = "mrq_leftover_grace"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(_LEFTOVERS_INI, "mrq: what to do with processes a test left running (fail, warn or off)",
                   default="fail")
+    parser.addini(_GRACE_INI, "mrq: seconds a process a test left gets to exit by itself before it is killed",
+                  default="3")
 
 
 class _Leftovers:
     """Per-test tracking of the processes started by the tests of this session (see the module docstring)."""
 
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, grace: float = 3.0) -> None:
         self.mode = mode
+        self.grace = grace
         self.session = f"{os.getpid()}-{time.time_ns()}"
         self.found: list[tuple[str, list[str]]] = []  # (owner, descriptions), in the order found
         self._before: set[tuple[int, float]] = set()
@@ -639,7 +644,7 @@ class _Leftovers:
         """After the test's teardown: wait a little for processes on their way out, then kill the rest."""
         os.environ.pop(OWNER_ENV, None)
         strays = self._strays(nodeid)
-        deadline = time.monotonic() + 3
+        deadline = time.monotonic() + self.grace
         while strays and time.monotonic() < deadline:
             time.sleep(0.1)
             strays = self._strays(nodeid)
@@ -692,7 +697,7 @@ def pytest_configure(config: pytest.Config) -> None:
             import psutil  # noqa: F401 - a dependency of MRQ; without it there is nothing to check with
         except ImportError:
             return
-        _leftovers = _Leftovers(mode)
+        _leftovers = _Leftovers(mode, float(config.getini(_GRACE_INI) or 3))
         os.environ[SESSION_ENV] = _leftovers.session
 
 

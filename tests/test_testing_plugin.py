@@ -83,6 +83,7 @@ def test_clean():
 
 def test_a_test_that_leaves_a_process_fails_the_run_and_is_named(tmp_path):
     (tmp_path / "test_leaky.py").write_text(LEAKY)
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmrq_leftover_grace = 0.2\n")
     result = _pytest(tmp_path)
     out = result.stdout
     assert result.returncode == 1, out + result.stderr
@@ -94,7 +95,7 @@ def test_a_test_that_leaves_a_process_fails_the_run_and_is_named(tmp_path):
     for pid in re.findall(r"running: pid (\d+)", out):  # killed
         assert not psutil.pid_exists(int(pid)) or psutil.Process(int(pid)).status() == psutil.STATUS_ZOMBIE
 
-    (tmp_path / "pytest.ini").write_text("[pytest]\nmrq_leftover_processes = warn\n")
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmrq_leftover_processes = warn\nmrq_leftover_grace = 0.2\n")
     result = _pytest(tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "test_leaves_a_process left 1 process" in result.stdout
