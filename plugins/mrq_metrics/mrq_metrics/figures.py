@@ -100,6 +100,7 @@ class Figures:
         self.greenlets = 0
         self._written: dict[tuple[str, tuple[str, ...]], float] = {}
         self._values: dict[tuple[str, tuple[str, ...]], Any] = {}
+        self._base: dict[tuple[str, tuple[str, ...]], float] = {}
         self._value_class: Any = None
         self._in_progress: set[tuple[str, str]] = set()
 
@@ -203,13 +204,15 @@ class Figures:
                 self._value_class = MultiProcessValue()
             value = self._values[key] = self._value_class(typ, metric, name, list(labelnames), list(labels),
                                                           HELP[metric], multiprocess_mode=mode)
+            if typ != "gauge":  # counts left in this pid's file by a dead process (pid reuse) stay in the sum
+                self._base[key] = value.get()
         return value
 
     def _set(self, typ: str, metric: str, name: str, labelnames: Sequence[str], labels: tuple[str, ...],
              total: float, mode: str = "") -> None:
         if self._written.get((name, labels)) == total:
             return
-        self._value(typ, metric, name, labelnames, labels, mode).set(total)
+        self._value(typ, metric, name, labelnames, labels, mode).set(self._base.get((name, labels), 0) + total)
         self._written[(name, labels)] = total
 
     def flush(self, in_progress: Counter[tuple[str, str]]) -> None:

@@ -9,7 +9,8 @@ takes the port within that time). So a scrape sees every process, whichever answ
 * the counts of a process that ended stay in the sums (its counter and histogram files are kept: a host's
   counters never go down while one of its workers runs);
 * the gauges of a dead process (jobs in progress, greenlets) are dropped: before each scrape, the files of pids
-  that no longer run go through ``prometheus_client.multiprocess.mark_process_dead``;
+  that no longer run go through ``prometheus_client.multiprocess.mark_process_dead``, and their counter and
+  histogram files are merged into one archive file per kind (:meth:`SharedDir.compact`);
 * the first process to start when none runs (a lock file that every live process holds shared) empties the
   directory: the counters of the host start again from 0, which Prometheus' ``rate()`` reads as a restart.
 """
@@ -27,6 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
@@ -94,6 +96,39 @@ class SharedDir:
             mark_process_dead(pid, self.path)
         return dead
 
+    def compact(self, alive: Callable[[int], bool] = pid_alive) -> list[int]:
+        """Merge the counter and histogram files of the processes that no longer run into one archive file per kind
+        (``counter_archive.db``, ``histogram_archive.db``), so that a host whose workers restart often (``--max_jobs``)
+        does not read more and more files per scrape; the sums are unchanged. The new archive is written aside then
+        renamed over the old one, and the merged files removed after: only a kill between these two steps would
+        count them twice. Returns the pids merged."""
+        merged: set[int] = set()
+        for typ in ("counter", "histogram"):
+            files: dict[int, str] = {}
+            for name in os.listdir(self.path):
+                m = re.fullmatch(typ + r"_(\d+)\.db", name)
+                if m and int(m.group(1)) != os.getpid() and not alive(int(m.group(1))):
+                    files[int(m.group(1))] = os.path.join(self.path, name)
+            if not files:
+                continue
+            archive = os.path.join(self.path, f"{typ}_archive.db")
+            totals: dict[str, float] = {}
+            for path in ([archive] if os.path.exists(archive) else []) + list(files.values()):
+                for key, value, _, _ in MmapedDict.read_all_values_from_file(path):
+                    totals[key] = totals.get(key, 0.0) + value
+            aside = archive + ".new"  # not *.db: never read by a scrape
+            if os.path.exists(aside):
+                os.remove(aside)
+            new = MmapedDict(aside)
+            for key, value in totals.items():
+                new.write_value(key, value, 0.0)
+            new.close()
+            os.replace(aside, archive)
+            for path in files.values():
+                os.remove(path)
+            merged |= set(files)
+        return sorted(merged)
+
     def leave(self) -> None:
         """This process stops: its live gauges go, its counts stay; its lock is released."""
         mark_process_dead(os.getpid(), self.path)
@@ -118,6 +153,7 @@ class HostCollector(Collector):
         if self.before is not None:
             self.before()
         self.shared.bury()
+        self.shared.compact()
         yield from self._files.collect()
 
 
