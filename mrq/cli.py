@@ -81,10 +81,37 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
         from mrq import supervisor
 
         if not supervisor.is_supervised_child():  # a child of --processes runs as one worker
-            return supervisor.run(config, list(sys.argv[1:] if argv is None else argv))
+            code = supervisor.run(config, list(sys.argv[1:] if argv is None else argv))
+            _skip_pymongo_exit_wait()
+            return code
     from mrq.worker import Worker
 
-    return Worker(config).work()
+    code = Worker(config).work()
+    _skip_pymongo_exit_wait()
+    return code
+
+
+def _skip_pymongo_exit_wait() -> None:
+    """The worker is done: close the MongoDB clients, and let the interpreter exit without pymongo's atexit hook,
+    which joins each monitor "thread" while it finishes a sleep of 0.5 s (every worker stop took 0.5 s more).
+    Under gevent those threads are greenlets: there is nothing to wait for once the clients are closed."""
+    import atexit
+
+    from mrq.context import connections
+
+    try:
+        connections.reset()
+        import importlib
+
+        for module, name in (("pymongo.synchronous.monitor", "_shutdown_resources"),  # pymongo 4.9+
+                             ("pymongo.monitor", "_shutdown_resources"),
+                             ("pymongo.periodic_executor", "_shutdown_executors")):
+            try:
+                atexit.unregister(getattr(importlib.import_module(module), name))
+            except (ImportError, AttributeError):
+                continue
+    except Exception:  # noqa: BLE001 - only an exit that takes longer
+        pass
 
 
 def _parse_params(args: Sequence[str]) -> dict[str, Any]:
