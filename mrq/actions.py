@@ -278,9 +278,11 @@ def cancel_jobs(filters: Mapping[str, Any]) -> dict[str, int]:
                                                 projection=["_id"])]
         counts["cancelled"] += len(oids)
         counts["stopped"] += len(broker.request_kill([str(i) for i in oids]))
-        for oid in oids:
-            hook.mrq_job_status_changed(job_id=oid, status=st.CANCEL, fields={"status": st.CANCEL,
-                                                                             "dateupdated": now})
+        changes = [(oid, st.CANCEL, {"status": st.CANCEL, "dateupdated": now}) for oid in oids]
+        for oid, status, fields in changes:
+            hook.mrq_job_status_changed(job_id=oid, status=status, fields=fields)
+        if changes:
+            hook.mrq_jobs_status_changed(changes=changes)
     return counts
 
 
@@ -331,9 +333,11 @@ def requeue_jobs(filters: Mapping[str, Any], queue: str | None = None, reset_ret
         todo = [d for d in todo if d["_id"] in changed]
         _push_requeued(broker, todo, queue, recs)
         counts["requeued"] += len(todo)
-        for d in todo:
-            hook.mrq_job_status_changed(job_id=d["_id"], status=st.QUEUED,
-                                        fields=dict(fields, queue=queue or d.get("queue")))
+        changes = [(d["_id"], st.QUEUED, dict(fields, queue=queue or d.get("queue"))) for d in todo]
+        for oid, status, changed_fields in changes:
+            hook.mrq_job_status_changed(job_id=oid, status=status, fields=changed_fields)
+        if changes:
+            hook.mrq_jobs_status_changed(changes=changes)
     return counts
 
 

@@ -7,12 +7,12 @@ values are ignored. ``docs/plugins.md`` documents each hook with an example.
 
 Phases:
 
-1. Plugin and configuration: ``mrq_add_hookspecs``, ``mrq_add_options``, ``mrq_configure``.
-2. Enqueue (any process that queues jobs): ``mrq_jobs_enqueued``.
+1. Plugin and configuration: ``mrq_add_hookspecs``, ``mrq_add_options``, ``mrq_configure``, ``mrq_job_statuses``.
+2. Enqueue (any process that queues jobs): ``mrq_jobs_enqueuing``, ``mrq_jobs_enqueued``.
 3. Worker lifecycle: ``mrq_worker_start``, ``mrq_worker_job_fields``, ``mrq_worker_services``,
    ``mrq_worker_report``, ``mrq_redis_data_lost``, ``mrq_worker_stopping``, ``mrq_worker_stop``.
 4. Job lifecycle (inside a worker): ``mrq_jobs_dequeued``, ``mrq_job_execute``, ``mrq_job_finished``,
-   ``mrq_job_status_changed``.
+   ``mrq_job_status_changed``, ``mrq_jobs_status_changed``.
 """
 
 from __future__ import annotations
@@ -78,9 +78,51 @@ def mrq_configure(config: Config) -> None:
     """
 
 
+@hookspec
+def mrq_job_statuses() -> list[dict[str, str]]:
+    """Return the job statuses this plugin adds to MRQ's own.
+
+    :return: a list of ``{"name": ..., "kind": "waiting" | "final"}``. A ``waiting`` status is that of a job
+        stored in MongoDB but held back, in no queue (see ``mrq_jobs_enqueuing``): not runnable, not final;
+        ``Job.cancel``/``cancel_jobs`` and ``Job.requeue`` apply to it and ``Job.wait`` keeps waiting. A
+        ``final`` status ends a job like ``failed`` does (only a requeue revives it). Names are ``[a-z0-9_]``;
+        MRQ's own statuses cannot be declared again, and two plugins may share a name only with the same kind.
+
+    Called once per plugin registration, right after the enabled plugins are loaded (before
+    ``mrq_add_options``); the statuses are then in ``mrq.status.ALL_STATUSES`` (and ``FINAL_STATUSES`` or
+    ``WAITING_STATUSES``) for the whole process. A bad declaration is a ``PluginError``.
+    """
+
+
 # ---------------------------------------------------------------------------
 # 2. Enqueue
 # ---------------------------------------------------------------------------
+
+@hookspec
+def mrq_jobs_enqueuing(path: str, queue: str, docs: list[dict[str, Any]], options: dict[str, Any]
+                       ) -> Callable[[list[ObjectId]], None] | None:
+    """Jobs are about to be inserted: complete their documents, hold some back, take options of your own.
+
+    :param path: the task path of all these jobs.
+    :param queue: their queue.
+    :param docs: the documents about to be inserted (``_id``, ``path``, ``params``, ``status`` = ``queued``...),
+        one per job of the batch. Add fields (prefixed with your plugin's name); set ``status`` to a ``waiting``
+        status you declared (``mrq_job_statuses``) to *hold a job back*: it is inserted but not pushed to Redis
+        (nor passed to ``mrq_jobs_enqueued``); your plugin queues it later (``status`` back to ``queued``, then
+        ``get_broker().push``).
+    :param options: the keyword arguments of ``queue_job``/``queue_jobs`` that MRQ does not know
+        (``depends_on=...``). **Pop the ones you handle**: any left once every implementation returned is an
+        ``InvalidParams`` naming them (no plugin takes it), and nothing is written. Raise ``InvalidParams``
+        yourself for a bad value.
+    :return: ``None``, or a function called with the ids of the documents this batch created (ids given again
+        to ``queue_jobs`` whose job exists are left out), after their insert and before the push: write what
+        refers to them (edges of a graph), or act on what changed meanwhile.
+
+    Called in the process that enqueues, once per batch of at most ``batch_size`` (1000) jobs, before anything
+    is written: its cost is per batch, not per job. Not called for raw queues.
+    """
+
+
 
 @hookspec
 def mrq_jobs_enqueued(queue: str, path: str, job_ids: list[ObjectId], delay: float) -> None:
@@ -251,4 +293,18 @@ def mrq_job_status_changed(job_id: ObjectId, status: str, fields: dict[str, Any]
     process calling :meth:`mrq.job.Job.cancel` or :meth:`mrq.job.Job.requeue`.
     Writes that were refused because the job had already reached another final
     status (a cancelled job finishing) are not reported.
+    """
+
+
+@hookspec
+def mrq_jobs_status_changed(changes: list[tuple[ObjectId, str, dict[str, Any]]]) -> None:
+    """Statuses were written to MongoDB: the same changes as ``mrq_job_status_changed``, one call per batch.
+
+    :param changes: ``(job_id, status, fields)`` of each job whose status was written, in the order written.
+
+    Called right after the calls of ``mrq_job_status_changed`` for the same changes: by workers once per batched
+    status write, and by the process calling ``Job.cancel``, ``Job.requeue``, ``mrq.actions.cancel_jobs`` or
+    ``requeue_jobs`` (once per call, or per chunk of 1000). Implement this one when you act on many jobs at once
+    (one query for the whole batch instead of one per job). It runs in the worker's status writer: what it
+    does delays the next write.
     """

@@ -137,8 +137,8 @@ def _insert_new(collection: Any, docs: list[dict[str, Any]]) -> list[dict[str, A
 
 
 def queue_jobs(path: str, params_list: Iterable[Mapping[str, Any]], queue: str | None = None,
-               delay: float = 0, batch_size: int = 1000, job_ids: Sequence[ObjectId | str] | None = None
-               ) -> list[ObjectId]:
+               delay: float = 0, batch_size: int = 1000, job_ids: Sequence[ObjectId | str] | None = None,
+               **options: Any) -> list[ObjectId]:
     """Enqueue one job per params dict; returns their ids.
 
     :param path: the task's dotted path (it need not be importable here).
@@ -150,9 +150,12 @@ def queue_jobs(path: str, params_list: Iterable[Mapping[str, Any]], queue: str |
         several concurrent enqueuers of an id creates it). If its document is still ``queued`` but its id is in
         no queue (an earlier call inserted it, then failed to push it and raised, or died), it is pushed, once:
         retrying a failed enqueue is safe.
-    :raises InvalidParams: before anything is written, if any params dict, id or the queue is unusable.
+    :param options: keyword arguments for plugins (``depends_on=[...]`` of the workflows plugin), handed to the
+        hook ``mrq_jobs_enqueuing``; one that no enabled plugin takes is an ``InvalidParams``.
+    :raises InvalidParams: before anything is written, if any params dict, id, option or the queue is unusable.
 
-    Costs one ``insert_many`` and one Redis MULTI per ``batch_size`` jobs.
+    Costs one ``insert_many`` and one Redis MULTI per ``batch_size`` jobs. A job a plugin holds back (a
+    ``waiting`` status, see ``mrq_jobs_enqueuing``) is inserted, not pushed.
     """
     from mrq.broker import queue_kind
     from mrq.context import get_broker, get_current_config, get_plugin_manager
@@ -185,6 +188,19 @@ def queue_jobs(path: str, params_list: Iterable[Mapping[str, Any]], queue: str |
         if delay:
             for d in docs:
                 d["datedue"] = now + datetime.timedelta(seconds=delay)
+        left = dict(options)
+        afters = [f for f in hook.mrq_jobs_enqueuing(path=path, queue=queue, docs=docs, options=left) if f]
+        if left:
+            raise InvalidParams(
+                f"queue_jobs() got option(s) {sorted(left)} that no enabled plugin takes. Enable the plugin that "
+                "provides them (depends_on: --plugins workflows, or PLUGINS = [\"workflows\"]), or check the "
+                f"spelling. Enabled plugins: {get_current_config().get('plugins') or 'none'}.")
+        held = {d["_id"] for d in docs if d["status"] != st.QUEUED}
+        if held:
+            bad = {d["status"] for d in docs if d["status"] not in st.WAITING_STATUSES and d["_id"] in held}
+            if bad:
+                raise InvalidParams(f"A plugin set the status of enqueued jobs to {sorted(bad)}: only a waiting "
+                                    "status declared with mrq_job_statuses holds a job back.")
         if given:
             seen: set[ObjectId] = set()
             docs = [d for d in docs if not (d["_id"] in seen or seen.add(d["_id"]))]  # type: ignore[func-returns-value]
@@ -192,6 +208,10 @@ def queue_jobs(path: str, params_list: Iterable[Mapping[str, Any]], queue: str |
         else:
             collection.insert_many(docs, ordered=False)
             created = chunk_ids
+        for after in afters:
+            after(created)
+        if held:
+            created = [i for i in created if i not in held]
         if created:
             try:
                 broker.push(queue, [str(i) for i in created], delay=delay)
@@ -244,18 +264,19 @@ def _push_lost(collection: Any, broker: Any, hook: Any, existing: list[ObjectId]
 
 
 def queue_job(path: str, params: Mapping[str, Any], queue: str | None = None, delay: float = 0,
-              job_id: ObjectId | str | None = None, unique_key: str | None = None) -> ObjectId:
+              job_id: ObjectId | str | None = None, unique_key: str | None = None, **options: Any) -> ObjectId:
     """Enqueue one job; see :func:`queue_jobs`.
 
     :param job_id: the job's id, chosen by the caller: if a job with this id exists, nothing is created.
     :param unique_key: any string, turned into the job id by :func:`job_id_for` (give one or the other).
+    :param options: for plugins (``depends_on=[...]``), see :func:`queue_jobs`.
     """
     if unique_key is not None:
         if job_id is not None:
             raise InvalidParams("Give job_id or unique_key, not both.")
         job_id = job_id_for(unique_key)
     return queue_jobs(path, [params], queue=queue, delay=delay,
-                      job_ids=[job_id] if job_id is not None else None)[0]
+                      job_ids=[job_id] if job_id is not None else None, **options)[0]
 
 
 def get_job_result(job_id: ObjectId | str) -> dict[str, Any]:
@@ -380,14 +401,15 @@ class Job:
             _jobs_collection().update_one({"_id": self.id}, {"$set": {"progress": self.progress}})
 
     def wait(self, timeout: float | None = None, poll_interval: float = 0.1, full_data: bool = False) -> Any:
-        """Poll until the job is no longer queued or started; return its result (or document).
+        """Poll until the job is no longer queued, started or held back by a plugin (a ``waiting`` status); return
+        its result (or document).
 
         :raises TimeoutError: if ``timeout`` seconds pass first.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             self.fetch()
-            if self.status not in (st.QUEUED, st.STARTED):
+            if self.status not in (st.QUEUED, st.STARTED) and self.status not in st.WAITING_STATUSES:
                 return self.data if full_data else (self.data or {}).get("result")
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"Job {self.id} still {self.status} after {timeout} s")
@@ -422,7 +444,9 @@ class Job:
         if not res.modified_count:
             return False
         get_broker().request_kill([str(self.id)])
-        get_plugin_manager().hook.mrq_job_status_changed(job_id=self.id, status=st.CANCEL, fields=fields)
+        hook = get_plugin_manager().hook
+        hook.mrq_job_status_changed(job_id=self.id, status=st.CANCEL, fields=fields)
+        hook.mrq_jobs_status_changed(changes=[(self.id, st.CANCEL, fields)])
         return True
 
     def requeue(self, queue: str | None = None, retry_count: int | None = 0) -> bool:
@@ -459,7 +483,9 @@ class Job:
             broker.requeue_inflight([InFlight(str(self.id), "", 0, queue)])
         else:  # a cancelled job may still have its id in its list: never push it twice, nor leave it behind
             broker.push_unique(queue, [(str(self.id), 0.0, True)], move_from=self.queue)
-        get_plugin_manager().hook.mrq_job_status_changed(job_id=self.id, status=st.QUEUED, fields=fields)
+        hook = get_plugin_manager().hook
+        hook.mrq_job_status_changed(job_id=self.id, status=st.QUEUED, fields=fields)
+        hook.mrq_jobs_status_changed(changes=[(self.id, st.QUEUED, fields)])
         return True
 
     # -- execution

@@ -145,6 +145,7 @@ class PluginManager:
         # Checked once all are registered: a plugin may implement a hook declared (mrq_add_hookspecs)
         # by a plugin enabled after it.
         self._check_pending()
+        self._declare_statuses()
 
     def register(self, plugin: Any, name: str, check: bool = True) -> None:
         """Register a plugin object (module, class or instance) under ``name``."""
@@ -157,6 +158,23 @@ class PluginManager:
         self.enabled.append(name)
         if check:
             self._check_pending()
+            self._declare_statuses()
+
+    def _declare_statuses(self) -> None:
+        """Add the statuses of the enabled plugins (``mrq_job_statuses``) to :mod:`mrq.status`."""
+        from mrq import status
+
+        for impl in self.pm.hook.mrq_job_statuses.get_hookimpls():
+            name = self.pm.get_name(impl.plugin) or repr(impl.plugin)
+            declared = impl.function()
+            if not isinstance(declared, list):
+                raise PluginError(f"Plugin {name!r}: mrq_job_statuses must return a list of "
+                                  f"{{'name': ..., 'kind': 'waiting' | 'final'}}, not {declared!r:.100}.")
+            for entry in declared:
+                try:
+                    status.declare(entry["name"], entry["kind"], plugin=f"plugin {name!r}")
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise PluginError(f"Plugin {name!r} declares a bad status {entry!r:.100}: {exc}") from None
 
     def _check_pending(self) -> None:
         """Unregister the plugins implementing a hook nobody declared, and raise PluginError."""

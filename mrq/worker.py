@@ -564,6 +564,10 @@ class Worker:
                 hook(job_id=job_id, status=status, fields=fields)
             except Exception:
                 self.log.exception("A plugin failed in mrq_job_status_changed for job %s", job_id)
+        try:
+            self.plugins.hook.mrq_jobs_status_changed(changes=written)
+        except Exception:
+            self.log.exception("A plugin failed in mrq_jobs_status_changed for %d job(s)", len(written))
 
     def _refresh_subqueues(self) -> None:
         if not any(q.endswith("/") for q in self.queues):

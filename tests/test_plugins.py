@@ -36,10 +36,12 @@ RECORDER = "tests.plugins.recorder"
 
 #: Every hook of mrq/hookspecs.py, by phase (tests/test_hookspecs.py checks this list is complete).
 ALL_HOOKS = [
-    "mrq_add_hookspecs", "mrq_add_options", "mrq_configure",
-    "mrq_jobs_enqueued",
-    "mrq_worker_start", "mrq_worker_job_fields", "mrq_worker_services", "mrq_worker_report", "mrq_redis_data_lost", "mrq_worker_stopping",
+    "mrq_add_hookspecs", "mrq_add_options", "mrq_configure", "mrq_job_statuses",
+    "mrq_jobs_enqueuing", "mrq_jobs_enqueued",
+    "mrq_worker_start", "mrq_worker_job_fields", "mrq_worker_services", "mrq_worker_report", "mrq_redis_data_lost",
+    "mrq_worker_stopping",
     "mrq_worker_stop", "mrq_jobs_dequeued", "mrq_job_execute", "mrq_job_finished", "mrq_job_status_changed",
+    "mrq_jobs_status_changed",
 ]
 
 
@@ -59,6 +61,16 @@ def without_others(lines: list[str]) -> list[str]:
 def _empty_cwd(tmp_path, monkeypatch):
     """No ./mrq-config.py of the repository or elsewhere is read by accident."""
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def _statuses_restored(monkeypatch):
+    """Statuses declared by plugins (mrq_job_statuses) are process-wide: each test's are forgotten after it."""
+    from mrq import status as st
+
+    for name in ("ALL_STATUSES", "FINAL_STATUSES", "WAITING_STATUSES"):
+        monkeypatch.setattr(st, name, getattr(st, name))
+    monkeypatch.setattr(st, "_ALLOWED_FROM", dict(st._ALLOWED_FROM))
 
 
 @pytest.fixture
@@ -341,7 +353,7 @@ def test_hook_mrq_add_hookspecs_is_historic(tmp_path, monkeypatch):
     monkeypatch.setenv("MRQ_RECORDER_FILE", str(tmp_path / "rec.jsonl"))
     pm = PluginManager()
     pm.register(recorder, "late")  # registered after the manager was built: still called
-    assert [r["hook"] for r in read_records(tmp_path / "rec.jsonl")] == ["mrq_add_hookspecs"]
+    assert [r["hook"] for r in read_records(tmp_path / "rec.jsonl")] == ["mrq_add_hookspecs", "mrq_job_statuses"]
     assert pm.hook.mrq_recorder_event(name="a", data={}) == []
 
 
@@ -349,7 +361,8 @@ def test_configuration_hooks_are_called_in_order(tmp_path, monkeypatch):
     monkeypatch.setenv("MRQ_RECORDER_FILE", str(tmp_path / "rec.jsonl"))
     cfg("--plugins", RECORDER, "--recorder_flag")
     records = read_records(tmp_path / "rec.jsonl")
-    assert [r["hook"] for r in records] == ["mrq_add_hookspecs", "mrq_add_options", "mrq_configure"]
+    assert [r["hook"] for r in records] == ["mrq_add_hookspecs", "mrq_job_statuses", "mrq_add_options",
+                                            "mrq_configure"]
     assert records[-1] | {"pid": 0} == {"hook": "mrq_configure", "pid": 0, "command": "worker",
                                         "recorder_flag": True, "source": "cli"}
 
@@ -463,8 +476,8 @@ def test_hooks_end_to_end(recorded_run):
     assert set(ALL_HOOKS) <= set(hooks) | {r["hook"] for r in here}
 
     # Configuration, then the worker lifecycle.
-    assert hooks[:3] == ["mrq_add_hookspecs", "mrq_add_options", "mrq_configure"]
-    assert there[2]["recorder_flag"] is True and there[2]["source"] == "cli"
+    assert hooks[:4] == ["mrq_add_hookspecs", "mrq_job_statuses", "mrq_add_options", "mrq_configure"]
+    assert there[3]["recorder_flag"] is True and there[3]["source"] == "cli"
     start = index(there, "mrq_worker_start")
     assert there[start]["worker"] == worker_id and there[start]["greenlets"] == 2
     assert there[start]["recorder_flag"] is True and there[start]["queues"] == ["default"]
@@ -518,7 +531,114 @@ def test_hook_mrq_jobs_enqueued_and_status_changes_in_the_enqueuing_process(reco
     changed = by_hook(here, "mrq_job_status_changed")
     assert [(r["job"], r["status"]) for r in changed] == [(ids["cancelled"], "cancel"), (ids["fail"], "queued")]
     # Worker hooks never run in the enqueuing process.
-    assert {r["hook"] for r in here} <= {"mrq_add_hookspecs", "mrq_jobs_enqueued", "mrq_job_status_changed"}
+    assert {r["hook"] for r in here} <= {"mrq_add_hookspecs", "mrq_job_statuses", "mrq_jobs_enqueuing",
+                                         "mrq_jobs_enqueuing_after", "mrq_jobs_enqueued", "mrq_job_status_changed",
+                                         "mrq_jobs_status_changed"}
+
+
+def test_hook_mrq_jobs_status_changed_batches_the_per_job_changes(recorded_run):
+    """In the worker, one call per batched write with the same (id, status) as the per-job hook, each right after
+    them; in the enqueuing process, one call per Job.cancel/requeue."""
+    here, there = recorded_run["here"], recorded_run["there"]
+    per_job = [[r["job"], r["status"]] for r in by_hook(there, "mrq_job_status_changed")]
+    batches = by_hook(there, "mrq_jobs_status_changed")
+    assert [c for r in batches for c in r["changes"]] == per_job and len(batches) <= len(per_job)
+    hooks = [r["hook"] for r in there]
+    for i, h in enumerate(hooks):
+        if h == "mrq_jobs_status_changed":
+            n = len(there[i]["changes"])
+            assert hooks[i - n:i] == ["mrq_job_status_changed"] * n
+    ids = recorded_run["ids"]
+    assert [r["changes"] for r in by_hook(here, "mrq_jobs_status_changed")] == \
+        [[[ids["cancelled"], "cancel"]], [[ids["fail"], "queued"]]]
+
+
+def test_hook_mrq_jobs_status_changed_by_bulk_actions(mrq_config, tmp_path, monkeypatch):
+    from mrq.actions import cancel_jobs, requeue_jobs
+    from mrq.context import get_plugin_manager
+    from mrq.job import queue_jobs
+
+    monkeypatch.setenv("MRQ_RECORDER_FILE", str(tmp_path / "rec.jsonl"))
+    get_plugin_manager().register(recorder, "recorder")
+    ids = queue_jobs(T + "Add", [{"a": i, "b": 0} for i in range(3)], queue="bulkq")
+    assert cancel_jobs({"queue": "bulkq"})["cancelled"] == 3
+    assert requeue_jobs({"queue": "bulkq"})["requeued"] == 3
+    calls = by_hook(read_records(tmp_path / "rec.jsonl"), "mrq_jobs_status_changed")
+    assert [sorted(c for c in r["changes"]) for r in calls] == [
+        sorted([str(i), "cancel"] for i in ids), sorted([str(i), "queued"] for i in ids)]
+
+
+def test_hook_mrq_job_statuses_declares_statuses_of_a_plugin(mrq_config):
+    from mrq import status as st
+    from mrq.context import get_plugin_manager
+    from mrq.exceptions import PluginError
+
+    get_plugin_manager().register(recorder, "recorder")
+    assert "recorder_hold" in st.WAITING_STATUSES and "recorder_hold" not in st.FINAL_STATUSES
+    assert "recorder_gone" in st.FINAL_STATUSES and {"recorder_hold", "recorder_gone"} <= st.ALL_STATUSES
+    assert "recorder_hold" in st.allowed_from(st.CANCEL) and "recorder_gone" not in st.allowed_from(st.CANCEL)
+    assert st.allowed_from(st.QUEUED) == st.ALL_STATUSES
+    assert "recorder_hold" not in st.allowed_from(st.SUCCESS)  # a worker never ends a held job
+    assert not st.declare("recorder_hold", "waiting")  # again, same kind: nothing changes
+
+    class Clash:
+        @hookimpl
+        def mrq_job_statuses(self):
+            return [{"name": "recorder_hold", "kind": "final"}]
+
+    class Kernel:
+        @hookimpl
+        def mrq_job_statuses(self):
+            return [{"name": "success", "kind": "final"}]
+
+    class BadName:
+        @hookimpl
+        def mrq_job_statuses(self):
+            return [{"name": "Not A Name", "kind": "waiting"}]
+
+    for plugin, message in ((Clash, "already declared as a waiting status"), (Kernel, "MRQ's own statuses"),
+                            (BadName, "a status name is")):
+        pm = cfg().plugin_manager
+        with pytest.raises(PluginError, match=message):
+            pm.register(plugin(), plugin.__name__)
+
+
+def test_hook_mrq_jobs_enqueuing_holds_jobs_back_and_takes_options(mrq_config, tmp_path, monkeypatch):
+    from mrq.context import get_broker, get_plugin_manager
+    from mrq.exceptions import InvalidParams
+    from mrq.job import Job, queue_job, queue_jobs
+
+    monkeypatch.setenv("MRQ_RECORDER_FILE", str(tmp_path / "rec.jsonl"))
+    # No plugin takes an unknown option: refused before anything is written.
+    with pytest.raises(InvalidParams, match=r"option\(s\) \['recorder_hold'\] that no enabled plugin takes"):
+        queue_job(T + "Add", {"a": 1, "b": 1}, queue="holdq", recorder_hold=True)
+    from mrq.context import connections
+    assert connections.mongodb_jobs["mrq_jobs"].count_documents({"queue": "holdq"}) == 0
+
+    get_plugin_manager().register(recorder, "recorder")
+    held = queue_jobs(T + "Add", [{"a": 1, "b": 1}, {"a": 2, "b": 2}], queue="holdq", recorder_hold=True)
+    pushed = queue_job(T + "Add", {"a": 3, "b": 3}, queue="holdq")
+    with pytest.raises(InvalidParams, match="no enabled plugin takes"):
+        queue_job(T + "Add", {"a": 1, "b": 1}, queue="holdq", recorder_typo=True)
+    docs = {d["_id"]: d for d in connections.mongodb_jobs["mrq_jobs"].find({"queue": "holdq"})}
+    assert len(docs) == 3
+    assert [docs[i]["status"] for i in held] == ["recorder_hold"] * 2 and docs[held[0]]["recorder_held"]
+    assert docs[pushed]["status"] == "queued"
+    broker = get_broker()
+    assert broker.redis.lrange(broker.queue_key("holdq"), 0, -1) == [str(pushed).encode()]
+    records = read_records(tmp_path / "rec.jsonl")
+    calls = by_hook(records, "mrq_jobs_enqueuing")
+    assert [(r["job_ids"], r["hold"]) for r in calls] == [([str(i) for i in held], True), ([str(pushed)], False),
+                                                           (calls[2]["job_ids"], False)]
+    # The function returned is called after the insert with the ids created, then the pushed ones are enqueued.
+    hooks = [r["hook"] for r in records]
+    assert by_hook(records, "mrq_jobs_enqueuing_after")[0]["job_ids"] == [str(i) for i in held]
+    assert [r["job_ids"] for r in by_hook(records, "mrq_jobs_enqueued")] == [[str(pushed)]]
+    assert hooks.index("mrq_jobs_enqueuing_after") < hooks.index("mrq_jobs_enqueued")
+    # A held job: Job.wait() keeps waiting, cancel applies.
+    with pytest.raises(TimeoutError, match="still recorder_hold"):
+        Job(held[0]).wait(timeout=0.3)
+    assert Job(held[0]).cancel() and Job(held[0]).fetch().status == "cancel"
 
 
 def test_hook_mrq_jobs_enqueued_batches(mrq_config, tmp_path, monkeypatch):

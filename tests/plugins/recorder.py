@@ -83,7 +83,28 @@ def mrq_configure(config: Any) -> None:
            source=config.sources.get("recorder_flag"))
 
 
+@hookimpl
+def mrq_job_statuses() -> list[dict[str, str]]:
+    record("mrq_job_statuses")
+    return [{"name": "recorder_hold", "kind": "waiting"}, {"name": "recorder_gone", "kind": "final"}]
+
+
 # -- 2. Enqueue
+
+@hookimpl
+def mrq_jobs_enqueuing(path: str, queue: str, docs: list[dict[str, Any]], options: dict[str, Any]
+                       ) -> Callable[[list[Any]], None] | None:
+    """Option ``recorder_hold=True`` holds the jobs back (status ``recorder_hold``, not pushed)."""
+    hold = options.pop("recorder_hold", False)
+    record("mrq_jobs_enqueuing", path=path, queue=queue, job_ids=[str(d["_id"]) for d in docs], hold=hold)
+    if hold:
+        for d in docs:
+            d["status"] = "recorder_hold"
+            d["recorder_held"] = True
+
+    def after(created: list[Any]) -> None:
+        record("mrq_jobs_enqueuing_after", job_ids=[str(i) for i in created])
+    return after
 
 @hookimpl
 def mrq_jobs_enqueued(queue: str, path: str, job_ids: list[Any], delay: float) -> None:
@@ -158,6 +179,11 @@ def mrq_job_finished(worker: Any, job: Any, status: str) -> None:
 @hookimpl
 def mrq_job_status_changed(job_id: Any, status: str, fields: dict[str, Any]) -> None:
     record("mrq_job_status_changed", job=str(job_id), status=status, fields=sorted(fields))
+
+
+@hookimpl
+def mrq_jobs_status_changed(changes: list[tuple[Any, str, dict[str, Any]]]) -> None:
+    record("mrq_jobs_status_changed", changes=[[str(i), s] for i, s, _ in changes])
 
 
 @hookimpl
