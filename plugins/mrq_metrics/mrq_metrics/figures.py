@@ -6,7 +6,7 @@ called every ``--metrics_interval`` seconds and at stop, writes what changed to 
 
 Which status counts, and when (``mrq_jobs_ended_total`` must equal the statuses stored in MongoDB):
 
-* a regular job's end counts once its status is **stored** (``mrq_job_status_changed`` in the worker): a status
+* a regular job's end counts once its status is **stored** (``mrq_jobs_status_changed`` in the worker): a status
   the worker computed but MongoDB refused (the job was cancelled meanwhile) is not counted as computed;
 * a job cancelled while it ran counts ``cancel`` when it stops (the canceller stored ``cancel`` already, and the
   worker's own write is refused);
@@ -35,10 +35,10 @@ BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25
 _INF = len(BUCKETS)  # index of the +Inf bucket; the sum follows it
 _LE = tuple(repr(b) for b in BUCKETS) + ("+Inf",)
 
-#: MRQ's final statuses (``mrq.status.FINAL_STATUSES``), one series each in ``mrq_jobs_ended_total``.
+#: MRQ's own final statuses, one series each in ``mrq_jobs_ended_total`` (a worker also counts those plugins declare:
+#: ``mrq.status.FINAL_STATUSES`` once they are loaded).
 FINAL_STATUSES = frozenset({"success", "failed", "maxretries", "cancel", "abort", "timeout", "maxconcurrency",
                             "maxworkerdeaths"})
-_ENDS = FINAL_STATUSES | {"retry", "interrupt"}  # statuses that end an execution (an entry is done)
 _EPOCH = datetime.datetime(1970, 1, 1)
 _NO_DATA: dict[str, Any] = {}
 _bisect = bisect.bisect_left
@@ -87,8 +87,11 @@ def runnable_since(data: dict[str, Any]) -> float | None:
 class Figures:
     """The figures of one worker process (all its workers), and their files."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, final: Iterable[str] = FINAL_STATUSES) -> None:
         self.directory = directory
+        #: final statuses (MRQ's, and those plugins declare with ``mrq_job_statuses``), then every end of a run
+        self.final = frozenset(final)
+        self.ends = self.final | {"retry", "interrupt"}
         #: job id -> [(queue, path), status computed by the worker or None, monotonic time of the last event]
         self.entries: dict[Any, list[Any]] = {}
         self.ended: dict[tuple[str, str], dict[str, int]] = {}  # (queue, path) -> status -> count
@@ -148,14 +151,20 @@ class Figures:
         h = table[key] = [0] * (_INF + 1) + [0.0]
         return h
 
+    def statuses_changed(self, changes: Iterable[tuple[Any, str, Any]]) -> None:
+        """A batch of stored statuses (``mrq_jobs_status_changed``): the ends of the jobs this process ran count."""
+        ends, entries = self.ends, self.entries
+        for job_id, status, _ in changes:
+            if status in ends:
+                entry = entries.pop(job_id, None)
+                if entry is not None:
+                    self._count(entry[0], status)
+
     def status_changed(self, job_id: Any, status: str) -> None:
-        if status in _ENDS:
-            entry = self.entries.pop(job_id, None)
-            if entry is not None:
-                self._count(entry[0], status)
+        self.statuses_changed(((job_id, status, None),))
 
     def _count(self, key: tuple[str, str], status: str) -> None:
-        if status in FINAL_STATUSES:
+        if status in self.final:
             by_status = self.ended.get(key)
             if by_status is None:
                 by_status = self.ended[key] = {}
@@ -181,7 +190,7 @@ class Figures:
             stored = {d["_id"]: d.get("status") for d in collection.find({"_id": {"$in": ended}}, {"status": 1})}
             for i in ended:
                 status = stored.get(i)
-                if status in _ENDS or status is None or now - self.entries[i][2] > 3600:
+                if status in self.ends or status is None or now - self.entries[i][2] > 3600:
                     entry = self.entries.pop(i)
                     if status is not None:
                         self._count(entry[0], status)

@@ -2,7 +2,7 @@
 
 In a worker with ``--metrics_port`` (0 = off: the hooks then do nothing):
 
-* ``mrq_jobs_dequeued``, ``mrq_job_finished``, ``mrq_job_status_changed``: counts and timings in plain dicts
+* ``mrq_jobs_dequeued``, ``mrq_job_finished``, ``mrq_jobs_status_changed`` (per batch): counts and timings in dicts
   (:class:`mrq_metrics.figures.Figures`);
 * ``mrq_worker_job_fields``: ``dateupdated``, ``datedue``, ``dateretry`` with each job (its wait's start);
 * ``mrq_worker_services``: every ``--metrics_interval``, the figures go to the host's shared files, this process
@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import gevent
+from mrq import status as st
 from mrq.config import Option
 from mrq.hookspecs import hookimpl
 from mrq.job import JOBS
@@ -47,7 +48,7 @@ class ProcessMetrics:
         self.port = int(config.get("metrics_port") or 0)
         self.interval = float(config.get("metrics_interval") or 1.0)
         self.shared = SharedDir(str(config.get("metrics_dir") or "") or default_dir(self.port))
-        self.figures = Figures(self.shared.path)
+        self.figures = Figures(self.shared.path, st.FINAL_STATUSES)  # with the final statuses of plugins
         self.workers: dict[Any, Any] = {}
         self.cluster = bool(config.get("metrics_cluster", True))
         self.ip = str(config.get("metrics_ip") or "127.0.0.1")
@@ -174,9 +175,9 @@ def mrq_job_finished(worker: Any, job: Any, status: str) -> None:
 
 
 @hookimpl
-def mrq_job_status_changed(job_id: Any, status: str) -> None:
+def mrq_jobs_status_changed(changes: list[Any]) -> None:
     if _FIGURES is not None:
-        _FIGURES.status_changed(job_id, status)
+        _FIGURES.statuses_changed(changes)
 
 
 @hookimpl
