@@ -11,8 +11,8 @@ Phases:
 2. Enqueue (any process that queues jobs): ``mrq_jobs_enqueuing``, ``mrq_jobs_enqueued``.
 3. Worker lifecycle: ``mrq_worker_start``, ``mrq_worker_job_fields``, ``mrq_worker_services``,
    ``mrq_worker_report``, ``mrq_redis_data_lost``, ``mrq_worker_stopping``, ``mrq_worker_stop``.
-4. Job lifecycle (inside a worker): ``mrq_jobs_dequeued``, ``mrq_job_execute``, ``mrq_job_finished``,
-   ``mrq_job_status_changed``, ``mrq_jobs_status_changed``.
+4. Job lifecycle (inside a worker): ``mrq_jobs_dequeued``, ``mrq_job_execute``, ``mrq_job_log_fields``,
+   ``mrq_job_finished``, ``mrq_job_status_changed``, ``mrq_jobs_status_changed``.
 """
 
 from __future__ import annotations
@@ -263,6 +263,22 @@ def mrq_job_execute(worker: Worker | None, job: Job) -> Any:
     task's exception, if any. Use ``job.store(key=value)`` to save figures on the
     job document with its final status. firstresult: a non-wrapper
     implementation that returns a value replaces the task.
+    """
+
+
+@hookspec
+def mrq_job_log_fields(job: Job) -> dict[str, str] | None:
+    """Return fields to append to a line a job logs, as it is stored in ``mrq_logs``.
+
+    :param job: the job the line belongs to (``get_current_job()`` of the greenlet that logged it: the job's own,
+        or one of its subpools').
+    :return: ``{name: value}``, appended to the stored line as `` name=value`` (several plugins: newest registered
+        first), or ``None``. A correlation id, a trace id (the otel plugin adds ``trace_id`` and ``span_id``).
+
+    Called once per line that task code logs through ``mrq.context.log`` in a worker, right after the line is
+    formatted and before it is buffered, in the greenlet that logged it; only if some plugin implements the hook
+    (else it costs nothing). Keep it well under a microsecond. An exception is ignored: the line is stored without
+    the fields.
     """
 
 

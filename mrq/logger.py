@@ -51,9 +51,14 @@ class JobLogHandler(logging.Handler):
     ``dropped`` and ``truncated`` count the lines lost or cut.
     """
 
-    def __init__(self, worker_id: Any = None, level: int = logging.NOTSET) -> None:
+    def __init__(self, worker_id: Any = None, level: int = logging.NOTSET, plugins: Any = None) -> None:
         super().__init__(level)
         self.worker_id = worker_id
+        #: the hook ``mrq_job_log_fields`` when a plugin implements it (fields appended to each line), else None
+        self.fields_hook: Any = None
+        if plugins is not None:
+            caller = plugins.hook.mrq_job_log_fields
+            self.fields_hook = caller if caller.get_hookimpls() else None
         self._buffer: dict[Any, list[str]] = {}
         self._unsent: list[_Unsent] = []
         self._chars = 0  # characters in _buffer and _unsent
@@ -72,6 +77,8 @@ class JobLogHandler(logging.Handler):
             line = self.format(record)
         except Exception:  # noqa: BLE001 - never let a log line break a job
             line = f"{record.levelname}: {record.msg!r} (unformattable: {record.args!r})"
+        if self.fields_hook is not None:
+            line += self._fields(job)
         if len(line) > MAX_LINE:
             line = (line[:MAX_LINE] + f" [... {len(line) - MAX_LINE} more characters cut: MRQ stores log lines "
                     f"of at most {MAX_LINE} characters]")
@@ -80,6 +87,13 @@ class JobLogHandler(logging.Handler):
         self._chars += len(line)
         if self._chars > MAX_BUFFER:
             self._drop_oldest()
+
+    def _fields(self, job: Any) -> str:
+        """`` name=value`` of the fields plugins add to the job's lines (``mrq_job_log_fields``)."""
+        try:
+            return "".join(f" {k}={v}" for fields in self.fields_hook(job=job) if fields for k, v in fields.items())
+        except Exception:  # noqa: BLE001 - a plugin's error never loses the line
+            return ""
 
     def pending(self) -> int:
         """Jobs with lines waiting, plus documents waiting to be stored."""

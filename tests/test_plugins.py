@@ -40,8 +40,8 @@ ALL_HOOKS = [
     "mrq_jobs_enqueuing", "mrq_jobs_enqueued",
     "mrq_worker_start", "mrq_worker_job_fields", "mrq_worker_services", "mrq_worker_report", "mrq_redis_data_lost",
     "mrq_worker_stopping",
-    "mrq_worker_stop", "mrq_jobs_dequeued", "mrq_job_execute", "mrq_job_finished", "mrq_job_status_changed",
-    "mrq_jobs_status_changed",
+    "mrq_worker_stop", "mrq_jobs_dequeued", "mrq_job_execute", "mrq_job_log_fields", "mrq_job_finished",
+    "mrq_job_status_changed", "mrq_jobs_status_changed",
 ]
 
 
@@ -520,6 +520,53 @@ def test_hooks_end_to_end(recorded_run):
     # The cancelled job is skipped: not among the jobs handed to plugins, never executed.
     assert not by_hook(there, "mrq_job_execute", job=ids["cancelled"])
     assert docs["cancelled"]["status"] == "cancel" and "recorder_seen" not in docs["cancelled"]
+
+
+def test_hook_mrq_job_log_fields_appends_fields_to_the_stored_lines(recorded_run):
+    """Each line a task logs is stored with the fields of mrq_job_log_fields (`` name=value``), asked once per line
+    in the worker, with the job that logged it; lines of the worker's own log are not stored, nor asked about."""
+    from mrq.logger import job_logs
+
+    ok, there = recorded_run["ids"]["ok"], recorded_run["there"]
+    lines = job_logs(ok).splitlines()
+    assert lines and all(line.endswith(f" recorder_job={ok}") for line in lines)
+    assert "adding 41 and 1" in lines[0]
+    assert len(by_hook(there, "mrq_job_log_fields", job=ok)) == len(lines)
+    assert index(there, "mrq_job_execute", job=ok, phase="before") < index(there, "mrq_job_log_fields", job=ok) \
+        < index(there, "mrq_job_execute", job=ok, phase="after")
+    assert not by_hook(recorded_run["here"], "mrq_job_log_fields")
+
+
+def test_hook_mrq_job_log_fields_costs_nothing_unimplemented_and_never_loses_a_line(mrq_config):
+    """Without an implementation the handler does not call the hook; one that raises leaves the line as it is."""
+    from bson import ObjectId
+
+    from mrq.context import set_current_job
+    from mrq.job import Job
+    from mrq.logger import JobLogHandler
+
+    plain = JobLogHandler(plugins=cfg().plugin_manager)
+    assert plain.fields_hook is None
+
+    class Raising:
+        @hookimpl
+        def mrq_job_log_fields(self, job):
+            raise RuntimeError("no fields today")
+
+    pm = cfg("--plugins", RECORDER).plugin_manager
+    pm.register(Raising(), "raising")
+    handler = JobLogHandler(plugins=pm)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("test.mrq.log_fields")
+    logger.addHandler(handler)
+    job = Job(ObjectId())
+    set_current_job(job)
+    try:
+        logger.warning("kept")
+    finally:
+        set_current_job(None)
+        logger.removeHandler(handler)
+    assert handler._buffer[job.id] == ["kept"]
 
 
 def test_hook_mrq_jobs_enqueued_and_status_changes_in_the_enqueuing_process(recorded_run):

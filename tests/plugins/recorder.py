@@ -171,6 +171,12 @@ def mrq_job_execute(worker: Any, job: Any) -> Generator[None, Any, Any]:
 
 
 @hookimpl
+def mrq_job_log_fields(job: Any) -> dict[str, str]:
+    record("mrq_job_log_fields", job=str(job.id))
+    return {"recorder_job": str(job.id)}
+
+
+@hookimpl
 def mrq_job_finished(worker: Any, job: Any, status: str) -> None:
     record("mrq_job_finished", job=str(job.id), status=status, worker=str(worker.id) if worker else None,
            mark=(job.data or {}).get("recorder_mark"))
