@@ -174,8 +174,35 @@ def store_marked_ends(records: Iterable[InFlight], worker_id: str) -> list[str]:
             batch.raw.append(tuple(end["raw"]))  # type: ignore[arg-type]
     if ops:
         connections.mongodb_jobs[JOBS].bulk_write(ops, ordered=False)
+        ends = {ObjectId(i): bson.decode(raw).get("set") or {} for i, raw in marks.items()}
+        _report_written({i: f for i, f in ends.items() if f.get("status")})
     broker.ack(batch)
     return list(marks)
+
+
+def _report_written(ends: dict[ObjectId, dict[str, Any]]) -> None:
+    """Call ``mrq_job_status_changed`` and ``mrq_jobs_status_changed`` for the statuses written by a recovery
+    (those its guard did not refuse: the document now has them), as a worker's writer does: a plugin acting on
+    job ends (the dependents of the workflows plugin) sees the ends stored here too."""
+    import logging
+
+    from mrq.context import connections, get_plugin_manager
+    from mrq.job import JOBS
+
+    if not ends:
+        return
+    try:
+        stored = {d["_id"]: d.get("status") for d in connections.mongodb_jobs[JOBS].find(
+            {"_id": {"$in": list(ends)}}, {"status": 1})}
+        changes = [(i, f["status"], f) for i, f in ends.items() if stored.get(i) == f["status"]]
+        if not changes:
+            return
+        hook = get_plugin_manager().hook
+        for job_id, status, fields in changes:
+            hook.mrq_job_status_changed(job_id=job_id, status=status, fields=fields)
+        hook.mrq_jobs_status_changed(changes=changes)
+    except Exception:  # noqa: BLE001 - the statuses are stored; a plugin's failure must not undo the recovery
+        logging.getLogger("mrq.recovery").exception("Reporting %d recovered job ends to plugins failed", len(ends))
 
 
 def _poison(jobs: Any, oids: list[ObjectId], entry: dict[str, Any], max_deaths: int, now: datetime.datetime,
@@ -195,5 +222,7 @@ def _poison(jobs: Any, oids: list[ObjectId], entry: dict[str, Any], max_deaths: 
                   "dateexpires": now + datetime.timedelta(seconds=ttl)}})
     jobs.update_many({"_id": {"$in": oids}, "traceback_history": {"$not": this_death}},
                      {"$inc": {"worker_deaths": 1}, "$push": {"traceback_history": entry}})
+    _report_written({i: {"status": st.MAXWORKERDEATHS, "dateupdated": now, "exceptiontype": WORKER_DIED}
+                     for i in oids})
     logging.getLogger("mrq.recovery").error("%d job(s) killed their worker %d times: status %s, not requeued: %s",
                                             len(oids), max_deaths, st.MAXWORKERDEATHS, " ".join(map(str, oids)))
