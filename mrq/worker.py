@@ -674,8 +674,9 @@ class Worker:
                 # Still above the limit one interval later, with jobs running: they are the likely cause. They are
                 # interrupted and each counts a worker death, so that one that blows up memory every time ends as
                 # maxworkerdeaths instead of taking down worker after worker.
-                self.log.error("Memory %d MB still above --max_memory %d MB: interrupting %d running job(s), each "
-                               "counted as a worker death", self.memory_mb(), max_memory, len(self.jobs))
+                self.log.error("Memory %d MB still above --max_memory %d MB: interrupting %d running job(s) (a "
+                               "worker death counted against a job running alone; several become suspects that "
+                               "run alone next)", self.memory_mb(), max_memory, len(self.jobs))
                 self._memory_kill = True
                 self._memory_kill_jobs = len(self.jobs)
                 self.stop(graceful=False, reason="max_memory")
