@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from bson import ObjectId
-from mrq.context import connections, get_current_config, get_plugin_manager
+from mrq.context import connections, get_current_config, get_plugin_manager, setup_context
 from mrq.job import Job
 from mrq.task import task_settings
 from opentelemetry import trace
@@ -26,6 +28,26 @@ ENV = {"PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", ""
 T = "otel_tasks."
 
 _EXPORTER: InMemorySpanExporter | None = None
+
+
+@pytest.fixture(name="otel_config")
+def otel_config_fixture(mrq_urls: Any) -> Iterator[Callable[..., Any]]:
+    """``otel_config(**options)``: this process's MRQ context with ``--plugins otel`` (and ``options``), pointed at the
+    test servers; returns a fake worker, already announced to the plugins (``mrq_worker_start``)."""
+    from mrq_otel import plugin
+
+    def setup(**options: Any) -> Any:
+        prefix = {"redis_prefix": mrq_urls.prefix} if mrq_urls.prefix else {}
+        setup_context(redis=mrq_urls.redis, mongodb_jobs=mrq_urls.mongodb, plugins=["otel"], **prefix, **options)
+        worker = fake_worker()
+        get_plugin_manager().hook.mrq_worker_start(worker=worker)
+        return worker
+
+    try:
+        yield setup
+    finally:
+        plugin._settings["child"] = False
+        connections.reset()
 
 
 def exporter() -> InMemorySpanExporter:

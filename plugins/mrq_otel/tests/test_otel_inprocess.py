@@ -12,33 +12,15 @@ from typing import Any
 
 import gevent
 import gevent.pool
-import pytest
 from bson import ObjectId
-from mrq.context import connections, get_plugin_manager, setup_context
+from mrq.context import connections, get_plugin_manager
 from mrq.job import queue_job, queue_jobs
 from mrq.logger import JobLogHandler
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
-from otel_helpers import T, by_name, exporter, fake_worker, hexid, perform
+from otel_helpers import T, by_name, exporter, hexid, otel_config_fixture, perform  # noqa: F401 - a fixture
 
 from mrq_otel import plugin
-
-
-@pytest.fixture
-def otel_config(mrq_urls):
-    def setup(**options: Any) -> Any:
-        prefix = {"redis_prefix": mrq_urls.prefix} if mrq_urls.prefix else {}
-        setup_context(redis=mrq_urls.redis, mongodb_jobs=mrq_urls.mongodb, plugins=["otel"], **prefix,
-                      **options)
-        worker = fake_worker()
-        get_plugin_manager().hook.mrq_worker_start(worker=worker)
-        return worker
-
-    try:
-        yield setup
-    finally:
-        plugin._settings["child"] = False
-        connections.reset()
 
 
 @contextlib.contextmanager
