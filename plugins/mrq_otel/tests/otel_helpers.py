@@ -38,7 +38,8 @@ def otel_config_fixture(mrq_urls: Any) -> Iterator[Callable[..., Any]]:
 
     def setup(**options: Any) -> Any:
         prefix = {"redis_prefix": mrq_urls.prefix} if mrq_urls.prefix else {}
-        setup_context(redis=mrq_urls.redis, mongodb_jobs=mrq_urls.mongodb, plugins=["otel"], **prefix, **options)
+        options.setdefault("plugins", ["otel"])
+        setup_context(redis=mrq_urls.redis, mongodb_jobs=mrq_urls.mongodb, **prefix, **options)
         worker = fake_worker()
         get_plugin_manager().hook.mrq_worker_start(worker=worker)
         return worker
