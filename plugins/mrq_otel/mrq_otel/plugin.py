@@ -50,6 +50,12 @@ _SPANS: weakref.WeakKeyDictionary[Any, trace.Span] = weakref.WeakKeyDictionary()
 _settings = {"child": False}
 
 
+def tracing() -> bool:
+    """Whether spans can be recorded: a tracer provider (an SDK's) is set. Without one, the worker's hooks do
+    nothing at all (the API's no-op spans would cost a few microseconds per job for nothing)."""
+    return not isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+
+
 def _check_url(template: str) -> None:
     if template and "{trace_id}" not in template:
         raise ValueError(f"{template!r} has no {{trace_id}} placeholder (e.g. http://jaeger:16686/trace/{{trace_id}})")
@@ -118,12 +124,29 @@ def mrq_worker_start(worker: Any) -> None:
     _settings["child"] = worker.config.get("otel_parent") == "child"
 
 
+#: Contexts extracted from carriers that hold a ``traceparent`` only, by its value: the jobs of a batch share theirs.
+_EXTRACTED: dict[str, Any] = {}
+
+
+def _extract(carrier: dict[str, str]) -> Any:
+    """``propagate.extract(carrier)`` (4 µs), from a cache when the carrier is a lone ``traceparent`` (0.2 µs)."""
+    if len(carrier) != 1 or "traceparent" not in carrier:
+        return propagate.extract(carrier)
+    key = carrier["traceparent"]
+    created = _EXTRACTED.get(key)
+    if created is None:
+        if len(_EXTRACTED) >= 1024:
+            _EXTRACTED.clear()
+        created = _EXTRACTED[key] = propagate.extract(carrier)
+    return created
+
+
 def _process_span(job: Any, start_time: int | None = None) -> trace.Span:
     data = job.data or {}
     carrier = data.get(FIELD)
     parent, links = None, None
     if carrier:
-        created = propagate.extract(carrier)
+        created = _extract(carrier)
         context = trace.get_current_span(created).get_span_context()
         if context.is_valid:
             if _settings["child"]:
@@ -141,6 +164,8 @@ def _process_span(job: Any, start_time: int | None = None) -> trace.Span:
 
 @hookimpl(wrapper=True)
 def mrq_job_execute(worker: Any, job: Any) -> Generator[None, Any, Any]:
+    if not tracing():
+        return (yield)
     span = _process_span(job)
     _SPANS[job] = span
     token = otel_context.attach(trace.set_span_in_context(span))
@@ -183,6 +208,8 @@ def _end(span: trace.Span, status: str, exc: BaseException | None) -> None:
 def mrq_job_finished(job: Any, status: str) -> None:
     span = _SPANS.pop(job, None)
     if span is None:  # it never ran (cancelled before it started, a raw job whose job_factory failed)
+        if not tracing():
+            return
         start = int(job.datestarted * 1e9) if job.datestarted else None
         span = _process_span(job, start_time=start)
     _end(span, status, job.exception)
@@ -192,7 +219,7 @@ def mrq_job_finished(job: Any, status: str) -> None:
 def mrq_job_log_fields(job: Any) -> dict[str, str] | None:
     ids = trace.get_current_span().get_span_context()
     if not ids.is_valid:  # a subpool greenlet: the job's span
-        span = _SPANS.get(job)
+        span = _SPANS.get(job) if _SPANS else None
         if span is None:
             return None
         ids = span.get_span_context()
