@@ -141,6 +141,14 @@ def _extract(carrier: dict[str, str]) -> Any:
     return created
 
 
+@hookimpl
+def mrq_worker_stop(worker: Any) -> None:
+    """Export the spans a batching processor still holds before the process exits."""
+    flush = getattr(trace.get_tracer_provider(), "force_flush", None)
+    if flush is not None and tracing():
+        flush(5000)
+
+
 def _process_span(job: Any, start_time: int | None = None) -> trace.Span:
     data = job.data or {}
     carrier = data.get(FIELD)
