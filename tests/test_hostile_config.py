@@ -28,7 +28,7 @@ HOSTILE = settings(max_examples=60, deadline=None, derandomize=True,
 def _all_options() -> list[Option]:
     """The kernel's options and those of the plugins shipped with MRQ (their options are cast the same way)."""
     pm = PluginManager()
-    pm.enable(["cleaning", "scheduler", "greentrace", "memtrace", "metrics"])
+    pm.enable(["cleaning", "scheduler", "greentrace", "memtrace", "metrics", "otel"])
     return list(OPTIONS) + pm.plugin_options()
 
 
