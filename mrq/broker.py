@@ -236,19 +236,20 @@ end
 return 1
 """
 
-# KEYS: [1] inflight hash, [2] known-queues set, [3] slot index hash, then for each record its (target queue key,
-#       notify list, semaphore zset of the task whose slot it may hold).
+# KEYS: [1] inflight hash, [2] known-queues set, [3] slot index hash, [4] end marks hash, then for each record its
+#       (target queue key, notify list, semaphore zset of the task whose slot it may hold).
 # ARGV: [1] expected worker id ('' = any), then triples (job id, target queue name, how): how 'r' pushes the id
 # at the head of the target list (a regular job, or a raw job converted to one); 'l', 's', 'z', 't' push a raw
 # job's payload (read from its in-flight record) back into its raw queue of that kind, with its score; 'x' only
 # drops the record (a job that must not run again).
 # Only ids still in flight (on that worker) are requeued, and the max_concurrency slot each holds is freed (it no
-# longer runs); returns {ids requeued, ids whose slot was freed}. Used for orphans and dead workers.
+# longer runs), and its end mark dropped (that run is over: a later run must not be "recovered" with its end);
+# returns {ids requeued, ids whose slot was freed}. Used for orphans, dead workers and Job.requeue.
 _REQUEUE_INFLIGHT = """
 local out, freed = {}, {}
 for i = 2, #ARGV, 3 do
   local id, target, how = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local k = 4 + 3 * ((i - 2) / 3)
+  local k = 5 + 3 * ((i - 2) / 3)
   local rec = redis.call('HGET', KEYS[1], id)
   if rec and (ARGV[1] == '' or string.sub(rec, 1, #ARGV[1] + 1) == ARGV[1] .. ' ') then
     local pushed = true
@@ -272,6 +273,7 @@ for i = 2, #ARGV, 3 do
         redis.call('ZADD', KEYS[k], tonumber(score) or 0, payload)
       end
     end
+    if pushed or how == 'x' then redis.call('HDEL', KEYS[4], id) end
     if pushed then
       redis.call('HDEL', KEYS[1], id)
       redis.call('LPUSH', KEYS[k + 1], '1')
@@ -284,6 +286,23 @@ end
 return {out, freed}
 """
 
+
+# KEYS: [1] end marks hash, [2] in-flight hash. ARGV: [1] worker id ('' = any), then pairs (job id, encoded end).
+# Records each end only while its job is in flight (on that worker): a mark written after the job's
+# acknowledgement (the marks loop lagging behind the writer, or retrying after an error) would outlive its run, and
+# the recovery of a later run of the same job, on a worker that dies, would store this old end instead of running
+# the job again. Returns how many were recorded.
+_MARK_DONE = """
+local n, prefix = 0, ARGV[1] .. ' '
+for i = 2, #ARGV, 2 do
+  local rec = redis.call('HGET', KEYS[2], ARGV[i])
+  if rec and (ARGV[1] == '' or string.sub(rec, 1, #prefix) == prefix) then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    n = n + 1
+  end
+end
+return n
+"""
 
 # KEYS: [1] in-flight hash, [2] known-queues set, [3] queue list, [4] delayed zset, [5] list and [6] delayed zset
 #       of a queue to move the ids from ('move' mode), [7..] wake-up lists.
@@ -442,6 +461,7 @@ class Broker:
         self._promote = client.register_script(_PROMOTE)
         self._requeue_inflight = client.register_script(_REQUEUE_INFLIGHT)
         self._push_unique = client.register_script(_PUSH_UNIQUE)
+        self._mark_done = client.register_script(_MARK_DONE)
 
     # -- keys
     def key(self, *parts: str) -> str:
@@ -579,12 +599,19 @@ class Broker:
             self.wake_waiters(released)
 
     # -- end marks: a job's end, known in Redis before its status is stored
-    def mark_done(self, marks: Mapping[str, bytes]) -> None:
+    def mark_done(self, marks: Mapping[str, bytes], worker_id: str = "") -> int:
         """Record the ends of jobs whose status is not stored yet (``{job id: encoded end}``, see
         :mod:`mrq.recovery`): if their worker dies before storing them, the end is stored instead of the job
-        being run again. Dropped with the job's acknowledgement."""
-        if marks:
-            self.redis.hset(self.key("done"), mapping=dict(marks))
+        being run again. Dropped with the job's acknowledgement, or by a requeue of the job.
+
+        Only the ends of jobs still in flight (on ``worker_id``) are recorded: an end that comes after its job's
+        acknowledgement would outlive its run (see ``_MARK_DONE``). Returns how many were recorded."""
+        if not marks:
+            return 0
+        args: list[Any] = [worker_id]
+        for job_id, mark in marks.items():
+            args += [job_id, mark]
+        return int(self._mark_done(keys=[self.key("done"), self.inflight_key], args=args))
 
     def done_marks(self, job_ids: Sequence[str]) -> dict[str, bytes]:
         """The end marks of these jobs, for those that have one."""
@@ -622,7 +649,8 @@ class Broker:
             return []
         as_regular, drop = as_regular or {}, set(drop)
         held = self.redis.hmget(self.key("semheld"), [r.job_id for r in records])  # the slots they may hold
-        keys, args = [self.inflight_key, self.key("queues"), self.key("semheld")], [worker_id]
+        keys = [self.inflight_key, self.key("queues"), self.key("semheld"), self.key("done")]
+        args: list[Any] = [worker_id]
         paths: dict[str, str] = {}
         for r, path in zip(records, held, strict=True):
             if r.job_id in drop:

@@ -94,7 +94,7 @@ class Worker:
         self.db = context.connections.mongodb_jobs
         self.logs_db = context.connections.mongodb_logs
         self.writer = StatusWriter(self.db[JOBS], self.broker, float(config["flush_interval"]),
-                                   on_written=self._on_written)
+                                   on_written=self._on_written, worker_id=str(self.id))
         self.log_handler = JobLogHandler(self.id, plugins=self.plugins)
         self.log_handler.setFormatter(logging.Formatter(config["log_format"]))
         self._process = psutil.Process()

@@ -76,9 +76,10 @@ class StatusWriter:
 
     def __init__(self, collection: Any, broker: Broker, interval: float,
                  on_written: Callable[[list[tuple[ObjectId, str, dict[str, Any]]]], None] | None = None,
-                 max_batch: int = 1000) -> None:
+                 max_batch: int = 1000, worker_id: str = "") -> None:
         self.collection = collection
         self.broker = broker
+        self.worker_id = worker_id  # whose in-flight jobs these are: an end is marked only while in flight there
         self.interval = interval
         self.max_batch = max_batch
         self.on_written = on_written
@@ -195,9 +196,10 @@ class StatusWriter:
             if not marks:
                 continue
             try:
-                self.broker.mark_done(marks)
+                self.broker.mark_done(marks, self.worker_id)
             except Exception as exc:  # noqa: BLE001 - Redis down: the marks wait (they are a safety net only)
-                self._marks = marks | self._marks
+                ending = set(self._ack.done) | set(self._unacked.done) | self._writing  # not acknowledged meanwhile
+                self._marks = {i: m for i, m in marks.items() if i in ending} | self._marks
                 log.warning("Recording %d job ends in Redis failed (%s: %s); retrying", len(marks),
                             type(exc).__name__, exc)
                 gevent.sleep(min(1.0, self.interval * 2))
@@ -299,6 +301,8 @@ class StatusWriter:
                             len(self._unacked.done), type(exc).__name__, exc)
                 gevent.sleep(min(1.0, self.interval * 2))
                 return False
+            for job_id in self._unacked.done:  # an end not marked yet needs no mark now (the same id may be
+                self._marks.pop(job_id, None)  # dequeued again by this worker: the mark would outlive its run)
             self._unacked = AckBatch()
         return True
 
