@@ -687,10 +687,19 @@ class Broker:
         _, kills, marked, epoch = pipe.execute()
         return [_s(k) for k in kills or []], bool(marked), _s(epoch)
 
-    def record_inflight(self, worker_id: str, entries: Sequence[tuple[str, str, str | None, float | None]]) -> None:
+    def record_inflight(self, worker_id: str, entries: Sequence[tuple[str, str, str | None, float | None]],
+                        slots: Mapping[str, tuple[str, float]] | None = None) -> None:
         """Write in-flight records again (``(job id, queue, raw payload or None, score or None)``): after Redis lost
         its data, a live worker puts back the records of the jobs it runs or has not acknowledged yet, so that
-        nothing requeues them while they are in its hands."""
+        nothing requeues them while they are in its hands; and the max_concurrency slots its running jobs hold
+        (``{job id: (task path, expiry)}``), so that the limit holds (a slot is taken again even if others took
+        the free ones meanwhile: the job runs)."""
+        if slots:
+            pipe = self.redis.pipeline(transaction=True)
+            for job_id, (path, expiry) in slots.items():
+                pipe.zadd(self.key("sem", path), {job_id: expiry})
+                pipe.hset(self.key("semheld"), job_id, path)
+            pipe.execute()
         if not entries:
             return
         now = repr(time.time())

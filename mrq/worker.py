@@ -609,11 +609,15 @@ class Worker:
 
     def _record_inflight_again(self) -> None:
         """Redis lost its data, in-flight records included: write again those of the jobs this worker runs or has
-        not acknowledged, so that the rebuild of the queues does not run them a second time elsewhere."""
+        not acknowledged, so that the rebuild of the queues does not run them a second time elsewhere, and the
+        max_concurrency slots of the jobs it runs, so that others do not take them meanwhile."""
         held = {str(i) for i in self.jobs} | self.writer.tracked_ids() | self._popped
         entries = [(i, *self._held[i]) for i in held if i in self._held]
+        now = time.time()
+        slots = {str(i): (job.path, now + job.settings.timeout + 30) for i, job in list(self.jobs.items())
+                 if job.settings is not None and job.settings.max_concurrency}
         try:
-            self.broker.record_inflight(str(self.id), entries)
+            self.broker.record_inflight(str(self.id), entries, slots)
             self.log.warning("Redis lost its data: %d in-flight record(s) of this worker written again", len(entries))
         except Exception as exc:  # noqa: BLE001 - Redis down again: the cleaning plugin's checks still apply
             self.log.warning("Could not write in-flight records again: %s: %s", type(exc).__name__, exc)
