@@ -336,6 +336,7 @@ class Worker:
         if not popped and not raw:
             return 0
         self.counters["dequeued"] += len(popped) + len(raw)
+        self._popped = {i for _, i in popped} | {item.job_id for item in raw}  # not started yet: see _kill_job
         for queue, sid in popped:
             self._held[sid] = (queue, None, None)
         for item in raw:
@@ -365,6 +366,9 @@ class Worker:
             self.counters["started"] += 1
             self.pool.spawn(self._perform, job, settings)
         self._popped = set()
+        # A kill request for a job of this batch that did not start (skipped, parked, pushed back) is void: it
+        # must not stop a later run of the same job (requeued, retried) on this worker.
+        self._cancel_early = {i for i in self._cancel_early if i in self.jobs}
         if suspect is not None:
             self.pool.join()  # it runs alone: nothing else is dequeued until it ends
         return len(popped) + len(raw)
@@ -390,7 +394,6 @@ class Worker:
         return [suspect]
 
     def _regular_jobs(self, popped: list[tuple[str, str]]) -> list[Job]:
-        self._popped = {i for _, i in popped}  # not orphans, while their documents are fetched
         docs = self._fetch([ObjectId(i) for _, i in popped])
         jobs: list[Job] = []
         for queue, sid in popped:
@@ -634,7 +637,9 @@ class Worker:
     def _kill_job(self, job_id: ObjectId) -> None:
         job = self.jobs.get(job_id)
         if job is None or job.greenlet is None:
-            if str(job_id) in self._held:  # dequeued, not started yet: it will not run
+            # Dequeued and not started yet: it will not run. A job that already ended is left alone (the request
+            # came too late; it must not stop a later run of the job on this worker).
+            if job is not None or str(job_id) in self._popped:
                 self._cancel_early.add(job_id)
             return
         self.log.info("Cancelling running job %s %s", job_id, job.path)
