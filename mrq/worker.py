@@ -78,6 +78,7 @@ class Worker:
         self._memory_kill = False
         self._memory_kill_jobs = 0  # jobs running when --max_memory interrupted them
         self._epoch: str | None = None  # MRQ's marker key in Redis: it changes when Redis lost its data
+        self.redis_is_new: bool | None = None  # the marker was missing: set for mrq_redis_data_lost's callers
         #: job id -> (queue, raw payload, score) of the jobs dequeued and not yet known to be acknowledged
         self._held: dict[str, tuple[str, str | None, float | None]] = {}
         self._cancel_early: set[ObjectId] = set()  # cancel requests read before their job started
@@ -601,11 +602,12 @@ class Worker:
                 kills, data_lost, epoch = self.broker.beat(str(self.id), ttl, self.status)
                 for sid in kills:
                     self._kill_job(ObjectId(sid))
-                if self._epoch is not None and epoch != self._epoch:
+                first_beat = self._epoch is None
+                if not first_beat and epoch != self._epoch:
                     self._record_inflight_again()  # at once: before a rebuild can requeue what this worker holds
                 self._epoch = epoch
                 if data_lost:  # in a greenlet of its own: never delays the next heartbeat
-                    gevent.spawn(self._on_redis_data_lost)
+                    gevent.spawn(self._on_redis_data_lost, first_beat)
             except Exception as exc:  # noqa: BLE001 - Redis down: keep trying
                 self.log.warning("Heartbeat failed: %s: %s", type(exc).__name__, exc)
             gevent.sleep(interval)
@@ -625,9 +627,32 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - Redis down again: the cleaning plugin's checks still apply
             self.log.warning("Could not write in-flight records again: %s: %s", type(exc).__name__, exc)
 
-    def _on_redis_data_lost(self) -> None:
-        self.log.warning("MRQ's marker key is missing from Redis: its data was lost (or this is the first worker "
-                         "on it); calling mrq_redis_data_lost")
+    def _redis_is_new(self, first_beat: bool) -> bool:
+        """MRQ's marker key was missing: is this Redis new to MRQ (rather than one that lost its data)? Yes when
+        this worker had not seen the marker yet, no other worker reported to MongoDB before this one started
+        (within the last hour: their documents expire) and no job is started there."""
+        if not first_beat:
+            return False
+        try:
+            others = self.db[WORKERS].find_one({"_id": {"$ne": self.id}, "datereported": {"$lt": self.datestarted}},
+                                               {"_id": 1})
+            started = self.db[JOBS].find_one({"status": st.STARTED}, {"_id": 1})
+        except Exception:  # noqa: BLE001 - MongoDB down: assume the worst
+            return False
+        return others is None and started is None
+
+    def _on_redis_data_lost(self, first_beat: bool = False) -> None:
+        self.redis_is_new = self._redis_is_new(first_beat)
+        if self.redis_is_new:
+            self.log.info("MRQ's marker key set in Redis: no MRQ data there yet, and no other worker reported to "
+                          "MongoDB within the last hour (a new database: nothing was lost); calling "
+                          "mrq_redis_data_lost")
+        else:
+            self.log.warning("MRQ's marker key is missing from Redis while MRQ was using it (%s): Redis lost its "
+                             "data (restarted without persistence, flushed, or evicted keys: set maxmemory-policy "
+                             "noeviction); calling mrq_redis_data_lost (the cleaning plugin rebuilds the queues "
+                             "from MongoDB)", "this worker saw the key before" if not first_beat else
+                             "other workers reported to MongoDB within the last hour, or jobs are started")
         self.counters["redis_data_lost"] += 1
         try:
             self.plugins.hook.mrq_redis_data_lost(worker=self)

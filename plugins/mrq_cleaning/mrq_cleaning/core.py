@@ -359,13 +359,17 @@ class Cleaner:
             counts["dead_worker"] = dead
         return counts
 
-    def rebuild(self, detected: datetime.datetime | None = None) -> dict[str, int]:
-        """Redis lost its data (or this is the first start): push back every job whose document says it waits
-        or runs and of which Redis has no trace; started jobs wait until Redis has been up for 2 heartbeat
-        TTLs (the regular lost pass takes them)."""
+    def rebuild(self, detected: datetime.datetime | None = None, new_redis: bool = False) -> dict[str, int]:
+        """Redis lost its data (or this is the first start, ``new_redis``): push back every job whose document
+        says it waits or runs and of which Redis has no trace; started jobs wait until Redis has been up for 2
+        heartbeat TTLs (the regular lost pass takes them)."""
         detected = detected or utcnow()
-        self.log.warning("cleaning: no marker key in Redis (first start, or Redis lost its data): rebuilding "
-                         "queues from MongoDB")
+        if new_redis:
+            self.log.info("cleaning: first start on this Redis: checking that every job MongoDB says is waiting "
+                          "is in its queue")
+        else:
+            self.log.warning("cleaning: Redis lost MRQ's data (its marker key is missing): rebuilding the queues "
+                             "from MongoDB")
         gevent.sleep(self.confirm_delay())  # live workers write their heartbeats and pending statuses again
         counts = self.lost_pass(cutoff=detected, label="rebuild")
         self.log.info("cleaning: rebuild done: %s", counts or "nothing was missing")

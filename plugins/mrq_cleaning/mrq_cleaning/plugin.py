@@ -95,9 +95,10 @@ def mrq_redis_data_lost(worker: Any) -> None:
     if not bool(worker.config.get("cleaning_rebuild", True)):
         return
     cleaner = Cleaner(worker.config, worker.log, COUNTERS)
+    new_redis = bool(getattr(worker, "redis_is_new", False))
     while True:  # in its own greenlet: retried until MongoDB and Redis answer (the lost pass would catch up too)
         try:
-            cleaner.run_locked("rebuild", cleaner.rebuild)
+            cleaner.run_locked("rebuild", lambda: cleaner.rebuild(new_redis=new_redis))
             return
         except gevent.GreenletExit:
             raise
