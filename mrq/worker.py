@@ -158,6 +158,12 @@ class Worker:
         self._stop()
         return self.exitcode
 
+    @property
+    def stopping(self) -> bool:
+        """True once the worker takes no new job (a first SIGINT, --max_jobs...): a long task may check it to end
+        early, raising :class:`~mrq.exceptions.JobInterrupt` to be requeued (as ``mrq.examples.tasks.Crawl`` does)."""
+        return self._graceful
+
     def stop(self, graceful: bool = True, reason: str = "signal") -> None:
         """Stop dequeuing; ``graceful=False`` also interrupts the running jobs (they are requeued).
 
@@ -166,7 +172,8 @@ class Worker:
         self.stop_reason = self.stop_reason or reason
         if not self._graceful:
             self._graceful = True
-            self.log.info("Stopping: no new jobs; waiting for %d running job(s)", len(self.jobs))
+            self.log.info("Stopping: no new jobs; waiting for %d running job(s) (a second SIGINT/Ctrl-C, or "
+                          "SIGTERM, interrupts them: they are requeued)", len(self.jobs))
             if self._main is not None and self._main is not gevent.getcurrent():
                 self._main.kill(StopRequested, block=False)
         if not graceful and not self._stopping:

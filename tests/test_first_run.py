@@ -70,3 +70,79 @@ def test_a_new_redis_is_told_apart_from_one_that_lost_its_data(mrq_urls, mrq_con
         _stop(proc)
 
 
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def _start_demo(cwd: Path) -> tuple[subprocess.Popen[str], list[str]]:
+    """``make demo`` as a new user runs it: the venv's ``mrq-embedded``, its bin folder not on PATH."""
+    env = dict(os.environ, PATH="/usr/bin:/bin", MRQ_LOG_LEVEL="INFO")
+    proc = subprocess.Popen([_bin("mrq-embedded")], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env, start_new_session=True)
+    lines: list[str] = []
+    deadline = time.monotonic() + 90
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if line.startswith("Queued 20 Add jobs") or not line:
+            break
+    return proc, lines
+
+
+def test_the_demo_prints_commands_that_work_as_printed_and_stops_at_the_first_ctrl_c(tmp_path):
+    import signal
+    import threading
+
+    from mrq.context import connections, setup_context
+    from mrq.job import Job, queue_job
+
+    proc, lines = _start_demo(tmp_path)
+    rest: list[str] = []
+    try:
+        text = "".join(lines)
+        assert "Press Ctrl-C to stop everything" in text and "a second Ctrl-C interrupts them" in text, text
+        commands = [line.split("  # ")[0].strip() for line in lines if "mrq.examples.tasks." in line and "#" in line]
+        assert len(commands) == 3, text
+        assert "/activate` puts the commands" in text, text  # how to get them on PATH
+        for command in commands:  # run as printed, in a shell of the same folder, without the venv on PATH
+            out = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                                 env=dict(os.environ, PATH="/usr/bin:/bin"))
+            assert out.returncode == 0 and "command not found" not in out.stderr, (command, out.stderr)
+            if ".Add " in command:
+                assert out.stdout.strip() == "42", (command, out.stdout, out.stderr)
+        words = [w for line in lines for w in line.split()]
+        setup_context(redis=next(w for w in words if w.startswith("redis://")),
+                      mongodb_jobs=next(w for w in words if w.startswith("mongodb://")))
+        try:
+            crawl = Job(queue_job("mrq.examples.tasks.Crawl", {"pages": 100000}))
+            wait_until(lambda: crawl.fetch().status == "started", timeout=30, what="the long Crawl started")
+            assert proc.stdout is not None
+            reader = threading.Thread(target=lambda: rest.extend(proc.stdout or []), daemon=True)
+            reader.start()
+            started = time.monotonic()
+            os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal: the whole foreground process group
+            assert proc.wait(20) == 0
+            assert time.monotonic() - started < 10, "the example jobs held the demo up"
+            reader.join(10)
+            out = "".join(rest)
+            assert "press Ctrl-C again to interrupt them" in out, out
+            assert "The worker is stopping: interrupted at page" in out, out  # requeued (the servers are gone now)
+        finally:
+            connections.reset()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(60)
+    out = subprocess.run(["pgrep", "-f", str(tmp_path / ".mrq")], capture_output=True, text=True)
+    assert out.stdout.strip() == "", f"servers left running: {out.stdout}"
+
+
+def test_mrq_embedded_version_and_list_plugins_print_and_exit(tmp_path):
+    """docs/configuration.md: every command prints --version / --list-plugins and exits (no server started)."""
+    for flag, expected in (("--version", "MRQ "), ("--list-plugins", "cleaning")):
+        out = subprocess.run([_bin("mrq-embedded"), flag], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and expected in out.stdout, (flag, out.stdout, out.stderr)
+        assert "MRQ is running" not in out.stdout and not (tmp_path / ".mrq").exists(), (flag, out.stdout)

@@ -7,7 +7,8 @@ from typing import Any
 
 import gevent
 
-from mrq.context import get_current_job, log, retry_current_job, set_current_job_progress
+from mrq.context import get_current_job, get_current_worker, log, retry_current_job, set_current_job_progress
+from mrq.exceptions import JobInterrupt
 from mrq.task import Task
 
 __all__ = ["Add", "Crawl", "Flaky", "Fail", "add"]
@@ -27,11 +28,16 @@ def add(a: int, b: int) -> int:
 
 
 class Crawl(Task):
-    """Pretends to fetch ``pages`` pages, reporting progress and logging each one."""
+    """Pretends to fetch ``pages`` pages, reporting progress and logging each one. When its worker stops (a first
+    Ctrl-C), it stops at once and is requeued, rather than holding the worker up until its last page."""
 
     def run(self, params: dict[str, Any]) -> Any:
         pages = int(params.get("pages", 10))
+        worker = get_current_worker()
         for i in range(pages):
+            if worker is not None and worker.stopping:
+                log.info("The worker is stopping: interrupted at page %d/%d, requeued", i, pages)
+                raise JobInterrupt("the worker is stopping")
             gevent.sleep(random.uniform(0.05, 0.3))
             log.info("Fetched page %d/%d", i + 1, pages)
             set_current_job_progress((i + 1) / pages)
