@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -82,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mrq_dashboard.security import check_listen_address
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if os.getcwd() not in sys.path:  # dotted-path plugins of the project (myproject.panel), as for mrq-worker
+        sys.path.insert(0, os.getcwd())
     try:
         config = load_config(argv)
     except MRQError as exc:

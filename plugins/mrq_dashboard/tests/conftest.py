@@ -45,13 +45,17 @@ class DashboardProcess:
     """A real ``mrq-dashboard`` subprocess on a free port."""
 
     def __init__(self, urls: ServerURLs, args: tuple[str, ...] = (), env: dict[str, str] | None = None,
-                 auth: str | None = None) -> None:
+                 auth: str | None = None, cwd: Path | None = None) -> None:
+        """``cwd``: run the ``mrq-dashboard`` console script there, as a user types it in a project's folder
+        (``python -m`` would put the folder on the import path by itself)."""
         self.urls, self.args, self.auth = urls, args, auth
         full_env = dict(os.environ, MRQ_REDIS=urls.redis, MRQ_MONGODB_JOBS=urls.mongodb, PYTHONUNBUFFERED="1",
                         MRQ_DASHBOARD_CACHE_TTL="0")
         full_env.update(env or {})
-        self.proc = subprocess.Popen([sys.executable, "-m", "mrq_dashboard.cli", "--dashboard_port", "0", *args],
-                                     cwd=str(HERE), env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        command = [str(Path(sys.executable).parent / "mrq-dashboard")] if cwd is not None else \
+            [sys.executable, "-m", "mrq_dashboard.cli"]
+        self.proc = subprocess.Popen([*command, "--dashboard_port", "0", *args],
+                                     cwd=str(cwd or HERE), env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, start_new_session=True)
         self.stderr: list[str] = []
         threading.Thread(target=lambda: self.stderr.extend(self.proc.stderr), daemon=True).start()

@@ -46,8 +46,8 @@ def with_plugins(dashboard_urls, tmp_path_factory):
     (folder / "myproject" / "mrq_deploy_panel.py").write_text(_docs_panel())
     (folder / "myproject" / "other_dashboard_plugin.py").write_text(OTHER_PLUGIN)
     plugins = "myproject.mrq_deploy_panel,myproject.other_dashboard_plugin"
-    server = DashboardProcess(dashboard_urls, ("--plugins", plugins),
-                              env={"PYTHONPATH": str(folder), "RELEASE": "2026.11.3"})
+    # As docs/plugins.md says: `mrq-dashboard --plugins myproject.mrq_deploy_panel` from the project's folder.
+    server = DashboardProcess(dashboard_urls, ("--plugins", plugins), env={"RELEASE": "2026.11.3"}, cwd=folder)
     yield server
     server.stop()
 
