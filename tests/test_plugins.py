@@ -826,3 +826,42 @@ def test_worked_example_of_the_docs(mrq_worker, tmp_path):
     assert len(posted) == 1
     assert f"MRQ job {bad} ({T}Fail) ended with status failed" in posted[0]["text"]
     assert "kaput" in posted[0]["text"]
+
+
+def test_packaging_of_the_worked_example_as_written(tmp_path):
+    """docs/plugins.md's distribution mrq-notify, its files taken from the text: `pip install ./mrq-notify` builds
+    it, resolves `mrq` to this MRQ (not the original 0.9.x) and `mrq-worker --list-plugins` shows it."""
+    import re
+
+    text = (ROOT / "docs" / "plugins.md").read_text()
+    example = text[text.index("## Worked example"):]
+    example = example[:example.index("\n## ")] if "\n## " in example else example
+    blocks = dict(re.findall(r"```(python|toml|ini)\n(.*?)```", example, re.DOTALL))
+    commands = re.search(r"```\n(pip install .*?)```", example, re.DOTALL).group(1).splitlines()
+    assert commands[0] == "pip install ./mrq-notify", commands
+    dist = tmp_path / "mrq-notify"
+    (dist / "mrq_notify").mkdir(parents=True)
+    assert "mrq_notify/__init__.py" in example and "pyproject.toml" in example
+    (dist / "mrq_notify" / "__init__.py").write_text("")
+    (dist / "mrq_notify" / "plugin.py").write_text(blocks["python"])
+    (dist / "pyproject.toml").write_text(blocks["toml"])
+    (dist / "setup.cfg").write_text(blocks["ini"])
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    # Resolved against this environment (the MRQ of this checkout satisfies the requirement): nothing but the
+    # plugin would be installed.
+    out = subprocess.run([*pip, "install", "--dry-run", "./mrq-notify"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Would install mrq-notify-0.1.0" in out.stdout and "mrq-0." not in out.stdout, out.stdout
+    # Installed aside (not into the test environment, whose plugin list other tests check).
+    site = tmp_path / "site"
+    out = subprocess.run([*pip, "install", "--quiet", "--no-deps", "--target", str(site), "./mrq-notify"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert (site / "mrq_notify" / "plugin.py").exists(), sorted(p.name for p in site.iterdir())
+    listed = subprocess.run([str(Path(sys.executable).parent / "mrq-worker"), "--list-plugins"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60,
+                            env=dict(os.environ, PYTHONPATH=str(site)))
+    expected = commands[1].split("#")[1].strip()
+    assert expected == "notify 0.1.0 [disabled] (mrq_notify.plugin)"
+    assert expected in listed.stdout, listed.stdout + listed.stderr
