@@ -66,6 +66,12 @@ def main() -> int:
     ap.add_argument("--top", type=int, default=40)
     ap.add_argument("--out", default="", help="keep the profile here (.prof for cProfile, collapsed text for py-spy)")
     a = ap.parse_args()
+    py_spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+    if a.py_spy and not os.access(py_spy, os.X_OK):
+        print(f"profile_worker.py: error: --py-spy needs py-spy, which is neither on PATH nor beside {sys.executable}."
+              f" Install it with `{sys.executable} -m pip install py-spy` (or run without --py-spy: cProfile needs "
+              "nothing).", file=sys.stderr)
+        return 2
 
     from mrq.context import connections, setup_context
     from mrq.indexes import ensure_indexes
@@ -89,7 +95,6 @@ def main() -> int:
                   "--config", config, RAW_QUEUE if a.raw else "default"]
         out = a.out or os.path.join(workdir, "profile.txt" if a.py_spy else "profile.prof")
         if a.py_spy:
-            py_spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
             argv = [py_spy, "record", "--format", "raw", "--rate", str(a.rate), "--nonblocking", "-o", out, "--",
                     sys.executable, *worker]
         else:

@@ -202,3 +202,19 @@ def test_distributions_require_this_mrq_and_agree_on_python():
         assert len(mrq) == 1, (path, requirements)
         assert mrq[0].specifier.contains(Version(__version__), prereleases=True), (path, str(mrq[0]))
         assert not mrq[0].specifier.contains(Version("0.9.11"), prereleases=True), (path, str(mrq[0]))
+
+
+def test_profile_worker_py_spy_without_py_spy_says_how_to_install_it(tmp_path):
+    """docs/performance.md's `bench/profile_worker.py --py-spy`: py-spy is not installed by make venv."""
+    import shutil
+
+    if shutil.which("py-spy") or (Path(sys.executable).parent / "py-spy").exists():
+        import pytest
+
+        pytest.skip("py-spy is installed here: the command runs as written")
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "bench/profile_worker.py", "--py-spy", "--n", "10"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"{sys.executable} -m pip install py-spy" in out.stderr, out.stderr
+    assert time.monotonic() - started < 30  # before starting any server
