@@ -218,3 +218,18 @@ def test_profile_worker_py_spy_without_py_spy_says_how_to_install_it(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert f"{sys.executable} -m pip install py-spy" in out.stderr, out.stderr
     assert time.monotonic() - started < 30  # before starting any server
+
+
+def test_max_jobs_1_counts_a_job_that_runs_not_a_cancelled_one_it_skipped(mrq_worker):
+    """`--max_jobs 1` with a cancelled job ahead in the queue: the worker skips it, runs the next one, then stops
+    (it used to stop having run none)."""
+    from mrq.job import Job, queue_job
+
+    cancelled = queue_job("tests.tasks.general.Add", {"a": 1, "b": 1})
+    assert Job(cancelled).cancel() is True
+    runs = queue_job("tests.tasks.general.Add", {"a": 2, "b": 3})
+    mrq_worker.start("--max_jobs", "1", wait=False)
+    assert mrq_worker.proc.wait(60) == 0
+    data = Job(runs).fetch().data
+    assert data["status"] == "success" and data["result"] == 5, data
+    assert Job(cancelled).fetch().data["status"] == "cancel"
