@@ -461,3 +461,18 @@ class Connections:
             elif isinstance(value, Database):
                 value.client.close()
         self._cache.clear()
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` with its password, if any, replaced by ``***`` (for logs and messages)."""
+    import re
+
+    return re.sub(r"(://[^:@/]*:)[^@/]*@", r"\1***@", str(uri))
+
+
+def unreachable(server: str, uri: str, option: str, env: str, exc: BaseException) -> str:
+    """One line saying that ``server`` (``"MongoDB"``, ``"Redis"``) does not answer at ``uri``, why in a few words
+    (not pymongo's topology description) and what to do."""
+    reason = (str(exc).split(" (configured timeouts")[0].split(", Timeout:")[0].splitlines() or [""])[0][:200]
+    return (f"{server} is not reachable at {redact_uri(uri)} ({reason or type(exc).__name__}). Start it, point "
+            f"--{option} (or {env}) at a running server, or use --embedded for local servers under ./.mrq/")

@@ -31,13 +31,14 @@ import gevent.pool
 import psutil
 import pymongo
 import pymongo.errors
+import redis.exceptions
 from bson import ObjectId
 
 from mrq import context, signals
 from mrq import status as st
 from mrq.broker import RawPopped
 from mrq.config import Config
-from mrq.connections import ROUNDTRIPS
+from mrq.connections import ROUNDTRIPS, unreachable
 from mrq.exceptions import CancelInterrupt, JobInterrupt, MaxConcurrencyInterrupt, StopRequested
 from mrq.history import History
 from mrq.indexes import ensure_indexes
@@ -107,6 +108,7 @@ class Worker:
         context.set_current_worker(self)
         logging.getLogger("mrq.current").addHandler(self.log_handler)
         self._install_signals()  # also acts on a SIGINT/SIGTERM received since mrq-worker started
+        waited = time.monotonic()
         while True:
             if self._graceful:  # stopped before it started, or while waiting for MongoDB: nothing to undo
                 return self._stop_before_start()
@@ -114,11 +116,19 @@ class Worker:
                 with pymongo.timeout(5):  # then look at the stop flag again
                     self.db.command("ping")
                 ensure_indexes(self.db, self.logs_db, int(self.config.get("mongodb_logs_size", 0)))
+                with gevent.Timeout(5, redis.exceptions.TimeoutError("no answer within 5 s")):
+                    self.broker.redis.ping()
                 break
             except pymongo.errors.PyMongoError as exc:
                 if not isinstance(exc, pymongo.errors.ConnectionFailure) and not exc.timeout:
                     raise
-                self.log.warning("MongoDB (%s) is not reachable: %s; retrying", self.db.name, exc)
+                self.log.warning("%s; retrying (%.0f s so far)", unreachable(
+                    "MongoDB", str(self.config["mongodb_jobs"]), "mongodb", "MRQ_MONGODB_JOBS", exc),
+                    time.monotonic() - waited)
+                gevent.sleep(1)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                self.log.warning("%s; retrying (%.0f s so far)", unreachable(
+                    "Redis", str(self.config["redis"]), "redis", "MRQ_REDIS", exc), time.monotonic() - waited)
                 gevent.sleep(1)
         if self._graceful:  # stopped during the ping or the indexes: no plugin was told of this worker yet
             return self._stop_before_start()

@@ -233,3 +233,33 @@ def test_max_jobs_1_counts_a_job_that_runs_not_a_cancelled_one_it_skipped(mrq_wo
     data = Job(runs).fetch().data
     assert data["status"] == "success" and data["result"] == 5, data
     assert Job(cancelled).fetch().data["status"] == "cancel"
+
+
+def test_mrq_worker_with_no_server_reachable_says_so_in_one_line(mrq_urls, tmp_path):
+    """The README's `mrq-worker` with nothing on the ports: one line naming the URI (no password) and what to do,
+    not pymongo's topology description; Redis likewise."""
+    import re
+    import signal
+
+    cases = [("MongoDB", "mongodb://someone:s3cret@127.0.0.1:9/mrq", mrq_urls.redis, "--mongodb (or MRQ_MONGODB_JOBS)"),
+             ("Redis", mrq_urls.mongodb, "redis://127.0.0.1:9/0", "--redis (or MRQ_REDIS)")]
+    for server, mongodb, redis_url, option in cases:
+        log = tmp_path / f"{server}.log"
+        env = dict(os.environ, MRQ_REDIS=redis_url, MRQ_MONGODB_JOBS=mongodb, PYTHONUNBUFFERED="1")
+        with log.open("wb") as out:
+            proc = subprocess.Popen([_bin("mrq-worker")], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        try:
+            wait_until(lambda log=log: "retrying" in log.read_text(), timeout=30, what=f"{server} unreachable")
+        finally:
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(30) == 0
+        lines = [line for line in log.read_text().splitlines() if "not reachable" in line]
+        assert lines, log.read_text()
+        uri = redis_url if server == "Redis" else "mongodb://someone:***@127.0.0.1:9/mrq"
+        assert lines[0].split("[WARNING] ")[1].startswith(f"{server} is not reachable at {uri} ("), lines[0]
+        assert option in lines[0] and "--embedded" in lines[0], lines[0]
+        assert ("Connection refused" if server == "MongoDB" else "no answer within 5 s") in lines[0], lines[0]
+        assert "s3cret" not in log.read_text() and "Topology" not in log.read_text(), log.read_text()
+        stamped = re.compile(r"^\d{4}-\d\d-\d\d ")
+        assert all(stamped.match(line) for line in log.read_text().splitlines()), log.read_text()  # one line each
