@@ -160,6 +160,37 @@ def create_app(config: Mapping[str, Any]) -> Flask:
     def ok(data: Any, status: int = 200) -> tuple[Response, int]:
         return jsonify(jsonable(data)), status
 
+    # ------------------------------------------------------------------ MongoDB down: 503 at once, with the reason
+    mongodb_down: dict[str, str] = {}  # "reason" while MongoDB does not answer
+
+    def unavailable(exc: BaseException) -> tuple[Response, int]:
+        from mrq.connections import unreachable
+
+        mongodb_down["reason"] = unreachable("MongoDB", str(config.get("mongodb_jobs")), "mongodb",
+                                             "MRQ_MONGODB_JOBS", exc) + " (then reload: the dashboard retries)"
+        response, status = ok({"error": mongodb_down["reason"]}, 503)
+        response.headers["Retry-After"] = "5"
+        return response, status
+
+    app.extensions["mrq_dashboard_mongodb_down"] = mongodb_down  # set by mrq-dashboard when its start-up ping fails
+
+    @app.before_request
+    def mongodb_check() -> Any:
+        """While MongoDB is known to be down, one quick ping per API request (not 30 s of server selection)."""
+        if not mongodb_down or not request.path.startswith("/api/") or request.path == "/api/config":
+            return None
+        import pymongo
+        from mrq.context import connections
+
+        try:
+            with pymongo.timeout(2):
+                connections.mongodb_jobs.command("ping")
+        except pymongo.errors.PyMongoError as exc:
+            return unavailable(exc)
+        mongodb_down.clear()
+        log.info("Dashboard: MongoDB answers again")
+        return None
+
     # ------------------------------------------------------------------ errors: JSON, never a trace
     @app.errorhandler(BadRequest)
     @app.errorhandler(ValueError)
@@ -184,6 +215,12 @@ def create_app(config: Mapping[str, Any]) -> Flask:
 
     @app.errorhandler(Exception)
     def server_error(exc: Exception) -> tuple[Response, int]:
+        import pymongo.errors
+
+        if isinstance(exc, pymongo.errors.ConnectionFailure):  # server selection timed out, connection refused
+            log.warning("Dashboard: %s %s: MongoDB did not answer: %s", request.method, request.path,
+                        type(exc).__name__)
+            return unavailable(exc)
         log.exception("Dashboard: %s %s failed", request.method, request.path)
         return ok({"error": f"Internal error ({type(exc).__name__}); the dashboard's log has the details."}, 500)
 

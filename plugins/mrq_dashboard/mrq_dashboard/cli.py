@@ -48,7 +48,13 @@ def make_wsgi_app(config: Any) -> Any:
     from mrq_dashboard.indexes import ensure_dashboard_indexes
 
     set_current_config(config)
-    if config.get("dashboard_indexes", True):
+    down: Exception | None = None
+    try:
+        with pymongo.timeout(2):  # MongoDB down: serve at once (pages say so, the API answers 503), not in 30 s
+            connections.mongodb_jobs.command("ping")
+    except pymongo.errors.PyMongoError as exc:
+        down = exc
+    if config.get("dashboard_indexes", True) and down is None:
         # Before serving, not beside it: SecantusDB can livelock when an index is created on a collection that
         # another connection creates at the same moment by an insert.
         try:
@@ -58,6 +64,13 @@ def make_wsgi_app(config: Any) -> Any:
             log.warning("Dashboard: could not create its indexes (%s: %s); job lists may be slow",
                         type(exc).__name__, exc)
     app: Any = create_app(config)
+    if down is not None:
+        from mrq.connections import unreachable
+
+        reason = unreachable("MongoDB", str(config["mongodb_jobs"]), "mongodb", "MRQ_MONGODB_JOBS", down)
+        app.extensions["mrq_dashboard_mongodb_down"]["reason"] = reason
+        log.warning("Dashboard: %s. Serving anyway: the pages say so and the API answers 503 until it answers "
+                    "(restart the dashboard then to create its indexes)", reason)
     if config.get("dashboard_trust_proxy"):
         from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -108,6 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if refusal:
         print(f"mrq-dashboard: error: {refusal}", file=sys.stderr)
         return 2
+    stopped = gevent.event.Event()  # from now on: a SIGINT/SIGTERM during the start-up stops it too
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        gevent.signal_handler(sig, stopped.set)
     try:
         app = make_wsgi_app(config)
         connections.redis, connections.mongodb_jobs  # noqa: B018 - a bad URI is an error now, not per request
@@ -127,9 +143,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     shown = f"[{host}]" if ":" in host else host
     mode = " (read-only)" if config["dashboard_readonly"] else ""
     print(f"MRQ dashboard{mode}: http://{shown}:{server.server_port}/", flush=True)
-    stopped = gevent.event.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        gevent.signal_handler(sig, stopped.set)
     stopped.wait()
     server.stop(timeout=5)
     return 0

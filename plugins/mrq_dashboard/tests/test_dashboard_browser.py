@@ -252,3 +252,33 @@ def test_screenshots(browser, dashboard, dash, tmp_path):
         open_page(browser, dashboard, path)
         time.sleep(1.5)
         browser.save_screenshot(str(out / f"{name}.png"))
+
+
+def test_mongodb_unreachable_the_dashboard_starts_at_once_says_why_and_stops_at_the_first_sigint(
+        browser, dashboard_urls, tmp_path):
+    """A new user's `mrq-dashboard` with nothing on MongoDB's port: it used to take 30 s to listen, answer 500 and
+    ignore the first SIGINT."""
+    import signal
+
+    from mrq.testing import ServerURLs
+
+    started = time.monotonic()
+    server = DashboardProcess(ServerURLs(redis=dashboard_urls.redis, mongodb="mongodb://127.0.0.1:9/mrq"))
+    try:
+        assert time.monotonic() - started < 10, "the dashboard waited for MongoDB before listening"
+        response = server.get("/api/statuses")
+        assert response.status == 503 and response.headers["Retry-After"], (response.status, response.text)
+        reason = response.json()["error"]
+        assert reason.startswith("MongoDB is not reachable at mongodb://127.0.0.1:9/mrq (") and "--embedded" in reason
+        open_page(browser, server, "/")
+        banner = wait_for("the banner", lambda: browser.find_element(By.ID, "error"))
+        wait_for("the reason in the banner", lambda: "MongoDB is not reachable" in banner.text)
+        assert banner.is_displayed() and "--mongodb" in banner.text
+        browser.save_screenshot(str(tmp_path / "mongodb-down.png"))
+        if os.environ.get("MRQ_DASHBOARD_SCREENSHOTS"):
+            browser.save_screenshot(os.path.join(os.environ["MRQ_DASHBOARD_SCREENSHOTS"], "mongodb-down.png"))
+        stopping = time.monotonic()
+        server.proc.send_signal(signal.SIGINT)
+        assert server.proc.wait(10) == 0 and time.monotonic() - stopping < 8
+    finally:
+        server.stop()
