@@ -37,10 +37,9 @@ from typing import Any
 from bson import ObjectId
 
 from mrq import status as st
-from mrq.broker import InFlight
+from mrq.broker import InFlight, check_job_queue
 from mrq.context import connections, get_broker, get_current_config, get_current_job, get_plugin_manager
 from mrq.job import JOBS, utcnow
-from mrq.queue import check_job_queue
 from mrq.task import task_settings
 
 __all__ = ["build_query", "cancel_jobs", "requeue_jobs", "count_matching", "FILTER_KEYS", "action_statuses"]
@@ -256,7 +255,8 @@ def cancel_jobs(filters: Mapping[str, Any]) -> dict[str, int]:
     allowed = st.allowed_from(st.CANCEL)
     ttls: dict[str, float] = {}
     counts = {"matched": 0, "cancelled": 0, "stopped": 0}
-    cursor = jobs.find(_with_status(build_query(filters), allowed), projection=["path"], batch_size=_BATCH)
+    cursor = jobs.find(_with_status(build_query(filters), allowed), projection=["path", "queue", "status"],
+                       batch_size=_BATCH)
     for batch in _chunks(cursor, _BATCH):
         counts["matched"] += len(batch)
         now = utcnow()
@@ -278,12 +278,59 @@ def cancel_jobs(filters: Mapping[str, Any]) -> dict[str, int]:
                                                 projection=["_id"])]
         counts["cancelled"] += len(oids)
         counts["stopped"] += len(broker.request_kill([str(i) for i in oids]))
+        cancelled = set(oids)
+        forget_queued(broker, [(str(d["_id"]), d.get("queue") or "") for d in batch
+                               if d["_id"] in cancelled and d.get("status") in WAITING])
         changes = [(oid, st.CANCEL, {"status": st.CANCEL, "dateupdated": now}) for oid in oids]
         for oid, status, fields in changes:
             hook.mrq_job_status_changed(job_id=oid, status=status, fields=fields)
         if changes:
             hook.mrq_jobs_status_changed(changes=changes)
     return counts
+
+
+#: Statuses of a job whose id waits in a queue's list or delayed set.
+WAITING = frozenset({st.QUEUED, st.RETRY, st.INTERRUPT})
+#: A queue's list longer than this keeps the ids of its cancelled jobs (the workers skip them): taking them out
+#: is one pass over the list, which blocks Redis meanwhile.
+FORGET_MAX = 200_000
+_FORGET = """
+local ids = {}
+for _, i in ipairs(ARGV) do ids[i] = true end
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+local kept, removed = {}, 0
+for _, item in ipairs(items) do
+  if ids[item] then removed = removed + 1 else kept[#kept + 1] = item end
+end
+if removed > 0 then
+  redis.call('DEL', KEYS[1])
+  for i = 1, #kept, 5000 do
+    redis.call('RPUSH', KEYS[1], unpack(kept, i, math.min(i + 4999, #kept)))
+  end
+end
+return removed
+"""
+
+
+def forget_queued(broker: Any, jobs: Iterable[tuple[str, str]]) -> int:
+    """Take the ids of cancelled jobs, ``(id, queue)``, out of their queues' lists and delayed sets, so that the
+    queue sizes (dashboard, metrics) count only jobs that will run. Best effort: an id left behind (Redis down, a
+    list longer than :data:`FORGET_MAX`) is skipped by the worker that pops it. Returns how many were taken out."""
+    from mrq.broker import queue_kind
+
+    by_queue: dict[str, list[str]] = defaultdict(list)
+    for job_id, queue in jobs:
+        if queue and queue_kind(queue) == "r":
+            by_queue[queue].append(job_id)
+    removed = 0
+    for queue, ids in by_queue.items():
+        try:
+            removed += int(broker.redis.zrem(broker.delayed_key(queue), *ids))
+            if broker.redis.llen(broker.queue_key(queue)) <= FORGET_MAX:
+                removed += int(broker.redis.eval(_FORGET, 1, broker.queue_key(queue), *ids))
+        except Exception:  # noqa: BLE001 - the workers skip them anyway
+            continue
+    return removed
 
 
 def requeue_jobs(filters: Mapping[str, Any], queue: str | None = None, reset_retries: bool = True) -> dict[str, int]:

@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Flask, Response, abort, jsonify, render_template, request
-from mrq.actions import FILTER_KEYS, cancel_jobs, count_matching, requeue_jobs
-from mrq.context import get_broker, get_plugin_manager
+from mrq.actions import FILTER_KEYS, WAITING, cancel_jobs, count_matching, forget_queued, requeue_jobs
+from mrq.context import connections, get_broker, get_plugin_manager
 from mrq.exceptions import InvalidParams, JobNotFound, MRQError
 from mrq.job import Job, queue_job
 from mrq.queue import Queue
@@ -180,7 +180,6 @@ def create_app(config: Mapping[str, Any]) -> Flask:
         if not mongodb_down or not request.path.startswith("/api/") or request.path == "/api/config":
             return None
         import pymongo
-        from mrq.context import connections
 
         try:
             with pymongo.timeout(2):
@@ -330,7 +329,12 @@ def create_app(config: Mapping[str, Any]) -> Flask:
 
     @app.post("/api/jobs/<job_id>/cancel")
     def api_job_cancel(job_id: str) -> Any:
-        return ok({"id": job_id, "cancelled": _job(job_id).cancel()})
+        job = _job(job_id)
+        before = connections.mongodb_jobs["mrq_jobs"].find_one({"_id": job.id}, {"status": 1, "queue": 1}) or {}
+        cancelled = job.cancel()
+        if cancelled and before.get("status") in WAITING:  # out of its queue's size, as a bulk cancel does
+            forget_queued(get_broker(), [(job_id, str(before.get("queue") or ""))])
+        return ok({"id": job_id, "cancelled": cancelled})
 
     @app.post("/api/jobs/<job_id>/requeue")
     def api_job_requeue(job_id: str) -> Any:

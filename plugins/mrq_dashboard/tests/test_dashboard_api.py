@@ -220,6 +220,27 @@ def test_single_job_actions(dashboard, dash, tmp_path):
     assert dashboard.post(f"/api/jobs/{running}/cancel").json()["cancelled"] is True
 
 
+def test_cancelled_jobs_no_longer_count_as_waiting(dashboard, dash):
+    """Queues page and Overview: a bulk cancel of the 3 jobs of a queue leaves it at 0 waiting (it showed 3 until a
+    worker popped and skipped the ids); a single cancel from the dashboard likewise, a delayed job's id too."""
+    queue_jobs(TASKS + "Add", [{"a": i, "b": 0} for i in range(3)], queue="bulkc")
+    kept = queue_jobs(TASKS + "Add", [{"a": i, "b": 0} for i in range(2)], queue="keepc")
+    one = queue_job(TASKS + "Add", {"a": 9, "b": 9}, queue="onec")
+    later = queue_job(TASKS + "Add", {"a": 8, "b": 8}, queue="onec", delay=3600)
+
+    def sizes() -> dict[str, tuple[int, int]]:
+        return {q["name"]: (q["size"], q["delayed"]) for q in dashboard.api("queues")["queues"]}
+
+    assert sizes()["bulkc"] == (3, 0) and dashboard.api("overview")["queued"] == 6
+    assert dashboard.post("/api/jobs/cancel", {"queue": "bulkc"}).json()["cancelled"] == 3
+    assert dashboard.post(f"/api/jobs/{one}/cancel").json()["cancelled"] is True
+    assert dashboard.post(f"/api/jobs/{later}/cancel").json()["cancelled"] is True
+    assert sizes().get("bulkc", (0, 0)) == (0, 0) and sizes().get("onec", (0, 0)) == (0, 0)
+    assert sizes()["keepc"] == (2, 0) and sorted(get_broker().list_ids("keepc")) == sorted(map(str, kept))
+    overview = dashboard.api("overview")
+    assert (overview["queued"], overview["delayed"]) == (2, 0)
+
+
 def test_bulk_actions_by_filter(dashboard, dash, tmp_path):
     ids = queue_jobs(TASKS + "Add", [{"a": i, "b": 0} for i in range(6)], queue="bulk")
     queue_jobs(TASKS + "Add", [{"a": i, "b": 0} for i in range(3)], queue="keep")
