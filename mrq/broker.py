@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +36,10 @@ from typing import Any
 import redis
 from bson import ObjectId
 
-__all__ = ["Broker", "InFlight", "AckBatch", "RawPopped", "queue_kind", "RAW_SUFFIXES"]
+from mrq.exceptions import InvalidParams
+
+__all__ = ["Broker", "InFlight", "AckBatch", "RawPopped", "queue_kind", "RAW_SUFFIXES", "check_queue_name",
+           "check_job_queue"]
 
 # KEYS: [1] inflight hash, [2] paused set, [3] known-queues set, then for each queue in priority order the
 #       triple (queue key, delayed zset, notify list).
@@ -382,6 +386,31 @@ def queue_kind(queue: str) -> str:
     return "r"
 
 
+def check_queue_name(name: Any) -> str:
+    """Return ``name`` if it can name a queue, else raise :class:`InvalidParams` saying why.
+
+    A queue name is non-empty UTF-8 text without whitespace, control characters or commas: in-flight records are
+    space-separated, and ``MRQ_QUEUES``/``--queues`` lists split on spaces and commas. Any other character is
+    fine (``/`` makes a subqueue; braces leave every key in the ``{prefix}`` hash slot).
+    """
+    if not isinstance(name, str) or not name:
+        raise InvalidParams(f"Queue name {name!r:.200} is invalid: use a non-empty string.")
+    bad = next((c for c in name if c.isspace() or c == "," or unicodedata.category(c) in ("Cc", "Cs")), None)
+    if bad is not None:
+        raise InvalidParams(f"Queue name {name!r:.200} is invalid: it contains {bad!r}; use a name without "
+                            "whitespace, control characters or commas (and valid UTF-8).")
+    return name
+
+
+def check_job_queue(name: Any) -> str:
+    """:func:`check_queue_name`, and a regular queue: where a job's id may go (a requeue, a retry, a scheduled or
+    enqueued job), not a raw queue (its members are payloads, see :mod:`mrq.raw`)."""
+    if queue_kind(check_queue_name(name)) != "r":
+        raise InvalidParams(f"Queue {name!r:.200} is a raw queue (by its name: it ends in _raw, _set, _sorted_set or "
+                            "_timed_set), which holds payloads, not jobs: use a regular queue's name.")
+    return name
+
+
 @dataclass(frozen=True)
 class InFlight:
     """A dequeued job not yet acknowledged: who runs it, since when, from which queue; for a raw job, its payload
@@ -397,7 +426,7 @@ class InFlight:
     @classmethod
     def parse(cls, job_id: str, record: str) -> InFlight:
         """Read a record: ``<worker> <since> <queue>``, or ``<worker> <since> <queue> <score|-> <payload>`` for a
-        raw job (a queue name has no space: :func:`mrq.queue.check_queue_name`). A record that is neither (a
+        raw job (a queue name has no space: :func:`check_queue_name`). A record that is neither (a
         queue name with spaces, written before names were checked everywhere) reads as a regular job's.
 
         :raises ValueError: if the record has no worker, time and queue.

@@ -472,8 +472,8 @@ def get_config(command: str = COMMON, argv: Sequence[str] | None = None,
     from mrq.raw import check_raw_queues
     config["raw_queues"] = check_raw_queues(config.get("raw_queues"))
     if command == "worker":
+        from mrq.broker import check_queue_name
         from mrq.exceptions import InvalidParams
-        from mrq.queue import check_queue_name
         for queue in config.get("queues") or []:
             try:
                 check_queue_name(queue)

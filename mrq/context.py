@@ -123,7 +123,7 @@ def retry_current_job(delay: float | None = None, max_retries: int | None = None
     :raises InvalidParams: if ``queue`` cannot name a regular queue (the job fails, saying so).
     """
     if queue is not None:
-        from mrq.queue import check_job_queue
+        from mrq.broker import check_job_queue
 
         check_job_queue(queue)
     raise RetryInterrupt(delay=delay, queue=queue, max_retries=max_retries)

@@ -157,9 +157,8 @@ def queue_jobs(path: str, params_list: Iterable[Mapping[str, Any]], queue: str |
     Costs one ``insert_many`` and one Redis MULTI per ``batch_size`` jobs. A job a plugin holds back (a
     ``waiting`` status, see ``mrq_jobs_enqueuing``) is inserted, not pushed.
     """
-    from mrq.broker import queue_kind
+    from mrq.broker import check_queue_name, queue_kind
     from mrq.context import get_broker, get_current_config, get_plugin_manager
-    from mrq.queue import check_queue_name
     from mrq.task import task_path_problem, task_settings
 
     problem = task_path_problem(path)
@@ -457,9 +456,8 @@ class Job:
         :raises MRQError: if the job runs now on a live worker (cancel it first).
         :return: ``False`` if the job was already queued.
         """
-        from mrq.broker import InFlight
+        from mrq.broker import InFlight, check_job_queue
         from mrq.context import get_broker, get_plugin_manager
-        from mrq.queue import check_job_queue
 
         if queue is not None:
             check_job_queue(queue)

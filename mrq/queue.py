@@ -6,41 +6,13 @@ MongoDB (documents by queue and status, index-backed).
 
 from __future__ import annotations
 
-import unicodedata
 from collections import defaultdict
 from typing import Any
 
+from mrq.broker import check_job_queue, check_queue_name  # their home is the broker (queue naming); kept here
 from mrq.context import connections, get_broker
-from mrq.exceptions import InvalidParams
 
 __all__ = ["Queue", "count_jobs", "all_known_queues", "check_queue_name", "check_job_queue"]
-
-
-def check_queue_name(name: Any) -> str:
-    """Return ``name`` if it can name a queue, else raise :class:`InvalidParams` saying why.
-
-    A queue name is non-empty UTF-8 text without whitespace, control characters or commas: in-flight records are
-    space-separated, and ``MRQ_QUEUES``/``--queues`` lists split on spaces and commas. Any other character is
-    fine (``/`` makes a subqueue; braces leave every key in the ``{prefix}`` hash slot).
-    """
-    if not isinstance(name, str) or not name:
-        raise InvalidParams(f"Queue name {name!r:.200} is invalid: use a non-empty string.")
-    bad = next((c for c in name if c.isspace() or c == "," or unicodedata.category(c) in ("Cc", "Cs")), None)
-    if bad is not None:
-        raise InvalidParams(f"Queue name {name!r:.200} is invalid: it contains {bad!r}; use a name without "
-                            "whitespace, control characters or commas (and valid UTF-8).")
-    return name
-
-
-def check_job_queue(name: Any) -> str:
-    """:func:`check_queue_name`, and a regular queue: where a job's id may go (a requeue, a retry, a scheduled or
-    enqueued job), not a raw queue (its members are payloads, see :mod:`mrq.raw`)."""
-    from mrq.broker import queue_kind
-
-    if queue_kind(check_queue_name(name)) != "r":
-        raise InvalidParams(f"Queue {name!r:.200} is a raw queue (by its name: it ends in _raw, _set, _sorted_set or "
-                            "_timed_set), which holds payloads, not jobs: use a regular queue's name.")
-    return name
 
 
 class Queue:

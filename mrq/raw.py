@@ -99,7 +99,7 @@ def check_raw_queues(raw_queues: Any) -> dict[str, RawQueueSettings]:
             raise ConfigError(f"{where}['statuses_no_storage'] has {bad}: use statuses among "
                               f"{sorted(_STORABLE - {st.RETRY})} (a retry is always stored: it needs its count).")
         retry_queue = conf.get("retry_queue", "default")
-        from mrq.queue import check_job_queue  # mrq.queue needs mrq.context, which needs this module
+        from mrq.broker import check_job_queue
 
         try:
             check_job_queue(retry_queue)
@@ -124,7 +124,7 @@ def raw_settings(queue: str, config: Mapping[str, Any] | None = None) -> RawQueu
 
 
 def _payloads(queue: str, params: Any) -> tuple[list[str], dict[str, float] | None]:
-    from mrq.queue import check_queue_name
+    from mrq.broker import check_queue_name
 
     kind = queue_kind(check_queue_name(queue))
     if kind == "r":
