@@ -256,6 +256,8 @@ class StatusWriter:
                     update["$push"] = {"traceback_history": {"$each": p.push}}
                 if p.set.get("status") == st.STARTED:
                     update["$unset"] = {"datedue": ""}
+                elif p.set.get("status") == st.SUCCESS:  # an earlier attempt's error stays in traceback_history only
+                    update["$unset"] = {"exceptiontype": "", "traceback": ""}
                 if p.insert is not None:  # a raw job's first stored status creates its document
                     update["$setOnInsert"] = {k: v for k, v in p.insert.items() if k not in p.set}
                     ops.append(UpdateOne({"_id": job_id}, update, upsert=True))

@@ -263,3 +263,17 @@ def test_mrq_worker_with_no_server_reachable_says_so_in_one_line(mrq_urls, tmp_p
         assert "s3cret" not in log.read_text() and "Topology" not in log.read_text(), log.read_text()
         stamped = re.compile(r"^\d{4}-\d\d-\d\d ")
         assert all(stamped.match(line) for line in log.read_text().splitlines()), log.read_text()  # one line each
+
+
+def test_a_job_that_succeeded_after_retries_shows_no_exception(mrq_worker):
+    """Its earlier attempts' RetryInterrupt stays in traceback_history only, not as the job's exception (the
+    dashboard showed it, with a red traceback, on a successful job)."""
+    from mrq.job import Job, queue_job
+
+    job_id = queue_job("mrq.examples.tasks.Flaky", {})
+    mrq_worker.start()
+    wait_until(lambda: Job(job_id).fetch().status == "success", timeout=60, what="Flaky succeeded after 2 retries")
+    data = Job(job_id).fetch().data
+    assert "exceptiontype" not in data and "traceback" not in data, data
+    assert [h["exceptiontype"] for h in data["traceback_history"]] == ["RetryInterrupt", "RetryInterrupt"]
+    assert data["result"] == "succeeded after 2 retries"
