@@ -20,9 +20,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mrq.exceptions import ConfigError
+from mrq import status as st
+from mrq.exceptions import ConfigError, InvalidParams
 
-__all__ = ["Option", "Config", "OPTIONS", "TASK_KEYS", "get_config", "parse_bool"]
+__all__ = ["Option", "Config", "OPTIONS", "TASK_KEYS", "get_config", "parse_bool", "RawQueueSettings", "RAW_QUEUE_KEYS",
+           "check_raw_queues"]
 
 COMMON = "common"
 
@@ -393,6 +395,71 @@ def _check_tasks(tasks: Any) -> dict[str, dict[str, Any]]:
     return dict(tasks)
 
 
+#: Keys accepted in an entry of ``RAW_QUEUES`` (the original's ``has_subqueues``, ``notify`` and
+#: ``dashboard_graph`` are accepted and have no effect: subqueues and wake-ups are always on).
+RAW_QUEUE_KEYS = frozenset({"job_factory", "retry_queue", "statuses_no_storage", "pushback_seconds",
+                            "has_subqueues", "notify", "dashboard_graph"})
+_STORABLE = frozenset(st.ALL_STATUSES) - {st.QUEUED}
+
+
+@dataclass(frozen=True)
+class RawQueueSettings:
+    """The ``RAW_QUEUES`` entry of a raw queue's root."""
+
+    job_factory: Callable[[str], Mapping[str, Any]]
+    retry_queue: str = "default"
+    statuses_no_storage: frozenset[str] = frozenset()
+    pushback_seconds: float = 0.0
+
+
+def check_raw_queues(raw_queues: Any) -> dict[str, RawQueueSettings]:
+    """Validate the ``RAW_QUEUES`` config dict; raise :class:`ConfigError` naming the bad entry and its fix."""
+    from mrq.broker import check_job_queue, queue_kind  # late: the broker imports redis
+
+    if raw_queues is None:
+        return {}
+    if isinstance(raw_queues, Mapping) and all(isinstance(v, RawQueueSettings) for v in raw_queues.values()):
+        return dict(raw_queues)
+    if not isinstance(raw_queues, Mapping):
+        raise ConfigError(f"RAW_QUEUES must be a dict of raw queue name -> settings, not {type(raw_queues).__name__}.")
+    out: dict[str, RawQueueSettings] = {}
+    for name, conf in raw_queues.items():
+        where = f"RAW_QUEUES[{name!r}]"
+        if not isinstance(name, str) or "/" in name or queue_kind(name) == "r":
+            raise ConfigError(f"{where}: a raw queue's name ends in _raw, _set, _sorted_set or _timed_set (its kind) "
+                              "and names the root queue (no '/': subqueues use their root's entry).")
+        if not isinstance(conf, Mapping):
+            raise ConfigError(f"{where} must be a dict of settings, not {type(conf).__name__}.")
+        unknown = set(conf) - RAW_QUEUE_KEYS
+        if unknown:
+            raise ConfigError(f"{where} has unknown key(s) {sorted(unknown)}; known keys: {sorted(RAW_QUEUE_KEYS)}.")
+        factory = conf.get("job_factory")
+        if not callable(factory):
+            raise ConfigError(f"{where} needs a job_factory: a function of the payload (a str) returning "
+                              "{'path': 'tasks.X', 'params': {...}}.")
+        no_storage = conf.get("statuses_no_storage") or ()
+        if isinstance(no_storage, str) or not isinstance(no_storage, Iterable):
+            raise ConfigError(f"{where}['statuses_no_storage'] must be a tuple of statuses, e.g. "
+                              "('started', 'success').")
+        bad = sorted(set(no_storage) - (_STORABLE - {st.RETRY}))
+        if bad:
+            raise ConfigError(f"{where}['statuses_no_storage'] has {bad}: use statuses among "
+                              f"{sorted(_STORABLE - {st.RETRY})} (a retry is always stored: it needs its count).")
+        retry_queue = conf.get("retry_queue", "default")
+        try:
+            check_job_queue(retry_queue)
+        except InvalidParams as exc:
+            raise ConfigError(f"{where}['retry_queue'] must name a regular queue: {exc}") from None
+        try:
+            pushback = float(conf.get("pushback_seconds") or 0)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}['pushback_seconds'] must be a number of seconds.") from None
+        if pushback < 0 or (pushback and queue_kind(name) != "t"):
+            raise ConfigError(f"{where}['pushback_seconds'] applies to *_timed_set queues only, and is >= 0.")
+        out[name] = RawQueueSettings(factory, retry_queue, frozenset(no_storage), pushback)
+    return out
+
+
 def get_config(command: str = COMMON, argv: Sequence[str] | None = None,
                env: Mapping[str, str] | None = None, config_file: str | None = None,
                extra: Mapping[str, Any] | None = None, load_plugins: bool = True,
@@ -469,7 +536,6 @@ def get_config(command: str = COMMON, argv: Sequence[str] | None = None,
     config["plugins"] = list(plugin_names)
     config["tasks"] = _check_tasks(config.get("tasks"))
     from mrq.broker import queue_kind  # late: the broker imports redis
-    from mrq.raw import check_raw_queues
     config["raw_queues"] = check_raw_queues(config.get("raw_queues"))
     if command == "worker":
         from mrq.broker import check_queue_name

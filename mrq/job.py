@@ -36,7 +36,7 @@ from mrq.exceptions import (
 from mrq.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from mrq.raw import RawQueueSettings
+    from mrq.config import RawQueueSettings
     from mrq.task import TaskSettings
     from mrq.worker import Worker
 

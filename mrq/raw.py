@@ -34,85 +34,20 @@ runs again unless the task removes it (``remove_raw_jobs``): at-least-once witho
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from mrq import status as st
 from mrq.broker import queue_kind
-from mrq.exceptions import ConfigError, InvalidParams
+from mrq.config import RAW_QUEUE_KEYS, RawQueueSettings, check_raw_queues  # RAW_QUEUES is validated with the config
+from mrq.exceptions import InvalidParams
 
 __all__ = ["queue_raw_jobs", "remove_raw_jobs", "raw_settings", "RawQueueSettings", "is_raw_queue",
            "check_raw_queues", "RAW_QUEUE_KEYS"]
-
-#: Keys accepted in an entry of ``RAW_QUEUES`` (the original's ``has_subqueues``, ``notify`` and
-#: ``dashboard_graph`` are accepted and have no effect: subqueues and wake-ups are always on).
-RAW_QUEUE_KEYS = frozenset({"job_factory", "retry_queue", "statuses_no_storage", "pushback_seconds",
-                            "has_subqueues", "notify", "dashboard_graph"})
-_STORABLE = frozenset(st.ALL_STATUSES) - {st.QUEUED}
-
-
-@dataclass(frozen=True)
-class RawQueueSettings:
-    """The ``RAW_QUEUES`` entry of a raw queue's root."""
-
-    job_factory: Callable[[str], Mapping[str, Any]]
-    retry_queue: str = "default"
-    statuses_no_storage: frozenset[str] = frozenset()
-    pushback_seconds: float = 0.0
 
 
 def is_raw_queue(queue: str) -> bool:
     """Whether ``queue`` is a raw queue (its root ends in ``_raw``, ``_set``, ``_sorted_set`` or ``_timed_set``)."""
     return queue_kind(queue) != "r"
-
-
-def check_raw_queues(raw_queues: Any) -> dict[str, RawQueueSettings]:
-    """Validate the ``RAW_QUEUES`` config dict; raise :class:`ConfigError` naming the bad entry and its fix."""
-    if raw_queues is None:
-        return {}
-    if isinstance(raw_queues, Mapping) and all(isinstance(v, RawQueueSettings) for v in raw_queues.values()):
-        return dict(raw_queues)
-    if not isinstance(raw_queues, Mapping):
-        raise ConfigError(f"RAW_QUEUES must be a dict of raw queue name -> settings, not {type(raw_queues).__name__}.")
-    out: dict[str, RawQueueSettings] = {}
-    for name, conf in raw_queues.items():
-        where = f"RAW_QUEUES[{name!r}]"
-        if not isinstance(name, str) or "/" in name or not is_raw_queue(name):
-            raise ConfigError(f"{where}: a raw queue's name ends in _raw, _set, _sorted_set or _timed_set (its kind) "
-                              "and names the root queue (no '/': subqueues use their root's entry).")
-        if not isinstance(conf, Mapping):
-            raise ConfigError(f"{where} must be a dict of settings, not {type(conf).__name__}.")
-        unknown = set(conf) - RAW_QUEUE_KEYS
-        if unknown:
-            raise ConfigError(f"{where} has unknown key(s) {sorted(unknown)}; known keys: {sorted(RAW_QUEUE_KEYS)}.")
-        factory = conf.get("job_factory")
-        if not callable(factory):
-            raise ConfigError(f"{where} needs a job_factory: a function of the payload (a str) returning "
-                              "{'path': 'tasks.X', 'params': {...}}.")
-        no_storage = conf.get("statuses_no_storage") or ()
-        if isinstance(no_storage, str) or not isinstance(no_storage, Iterable):
-            raise ConfigError(f"{where}['statuses_no_storage'] must be a tuple of statuses, e.g. "
-                              "('started', 'success').")
-        bad = sorted(set(no_storage) - (_STORABLE - {st.RETRY}))
-        if bad:
-            raise ConfigError(f"{where}['statuses_no_storage'] has {bad}: use statuses among "
-                              f"{sorted(_STORABLE - {st.RETRY})} (a retry is always stored: it needs its count).")
-        retry_queue = conf.get("retry_queue", "default")
-        from mrq.broker import check_job_queue
-
-        try:
-            check_job_queue(retry_queue)
-        except InvalidParams as exc:
-            raise ConfigError(f"{where}['retry_queue'] must name a regular queue: {exc}") from None
-        try:
-            pushback = float(conf.get("pushback_seconds") or 0)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}['pushback_seconds'] must be a number of seconds.") from None
-        if pushback < 0 or (pushback and queue_kind(name) != "t"):
-            raise ConfigError(f"{where}['pushback_seconds'] applies to *_timed_set queues only, and is >= 0.")
-        out[name] = RawQueueSettings(factory, retry_queue, frozenset(no_storage), pushback)
-    return out
 
 
 def raw_settings(queue: str, config: Mapping[str, Any] | None = None) -> RawQueueSettings | None:
