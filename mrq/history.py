@@ -15,7 +15,11 @@ The stored form is columnar, one value per minute, oldest first::
     {"v": 1, "start": 1767225600,            # unix time of the first minute
      "done": {"success": [12, 40, ...], "failed": [0, 1, ...]},
      "rss": [81, 82, ...], "cpu": [3.5, 12.0, ...],          # MB; % of one core (null: no sample)
-     "queues": {"default": [0, 250, ...]}}                   # ids waiting (null: not sampled that minute)
+     "queues": {"default": [0, 250, ...]},                   # ids waiting (null: not sampled that minute)
+     "recent": {"t": [1767229190, ...], "rss": [81, ...], "cpu": [3.5, ...]}}  # the last RECENT reports
+
+``recent`` holds one sample per report (every ``--report_interval`` seconds), so that a worker started a minute
+ago has more than one point to plot.
 
 :func:`merge` adds the histories of several workers onto one time axis (done counts summed, queue
 sizes as the largest sample, since workers of one queue see the same list).
@@ -31,12 +35,14 @@ from typing import Any
 
 from mrq import status as st
 
-__all__ = ["History", "merge", "MINUTES", "MAX_QUEUES"]
+__all__ = ["History", "merge", "MINUTES", "MAX_QUEUES", "RECENT"]
 
 #: Minutes kept (two hours: the dashboard shows the last one).
 MINUTES = 120
 #: Queues whose size is sampled per worker (the first ones in its priority order).
 MAX_QUEUES = 20
+#: Reports whose memory and CPU are kept one by one (``recent``): 15 minutes at the default 10 s interval.
+RECENT = 90
 
 
 @dataclass
@@ -61,6 +67,7 @@ class History:
         self._last_counts: dict[str, int] = {}
         self._last_cpu: float | None = None
         self._last_time: float | None = None
+        self._recent: deque[tuple[int, int | None, float | None]] = deque(maxlen=RECENT)  # (time, rss, cpu %)
 
     def _bucket(self, now: float) -> _Minute:
         start = int(now // 60 * 60)
@@ -97,11 +104,15 @@ class History:
             self._last_counts[status] = count
         if rss_mb is not None:
             bucket.rss = int(rss_mb)
+        cpu_percent: float | None = None
         if cpu_seconds is not None:
             if self._last_cpu is not None and self._last_time is not None and now > self._last_time:
-                bucket.cpu_seconds += max(0.0, cpu_seconds - self._last_cpu)
+                used = max(0.0, cpu_seconds - self._last_cpu)
+                bucket.cpu_seconds += used
                 bucket.wall_seconds += now - self._last_time
+                cpu_percent = round(100 * used / (now - self._last_time), 1)
             self._last_cpu = cpu_seconds
+        self._recent.append((int(now), int(rss_mb) if rss_mb is not None else None, cpu_percent))
         self._last_time = now
         wanted = list(queues)[:self.max_queues]
         if sizes is not None and wanted:
@@ -123,6 +134,8 @@ class History:
             "rss": [e.rss for e in entries],
             "cpu": [round(100 * e.cpu_seconds / e.wall_seconds, 1) if e.wall_seconds else None for e in entries],
             "queues": {q: [e.queues.get(q) for e in entries] for q in queues},
+            "recent": {"t": [r[0] for r in self._recent], "rss": [r[1] for r in self._recent],
+                       "cpu": [r[2] for r in self._recent]},
         }
 
 

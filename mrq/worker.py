@@ -746,8 +746,10 @@ class Worker:
             jobs.append({"id": job.id, "path": job.path, "queue": job.queue, "progress": job.progress,
                          "datestarted": datetime.datetime.fromtimestamp(job.datestarted or 0, datetime.UTC)
                          .replace(tzinfo=None), "stack": stack[-20:]})
+        # "wait" is for new jobs: a worker that waits for more while some run is running them ("run").
+        status = "run" if self.status in ("wait", "spawn") and self.jobs else self.status
         report: dict[str, Any] = {
-            "_id": self.id, "name": self.name, "status": self.status, "host": socket.gethostname(),
+            "_id": self.id, "name": self.name, "status": status, "host": socket.gethostname(),
             "pid": os.getpid(), "queues": self.queues, "active_queues": self.active_queues,
             "greenlets": self.greenlets, "datestarted": self.datestarted, "datereported": now,
             "dateexpires": now + datetime.timedelta(seconds=max(3600.0, 3 * float(self.config["report_interval"]))),

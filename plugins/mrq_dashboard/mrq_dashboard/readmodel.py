@@ -168,7 +168,7 @@ class ReadModel:
         docs = docs[:limit]
         alive = self._alive(docs)
         now = time.time()
-        hour_start = int(now // 60 * 60) - 60 * 59
+        start, step, points = _recent_axis(docs, now)
         rows = []
         for d in docs:
             history = d.get("history") or {}
@@ -186,8 +186,11 @@ class ReadModel:
                 "rss_mb": ((d.get("process") or {}).get("mem") or {}).get("rss"),
                 "done": (d.get("counters") or {}).get("done", 0),
                 "jobs": d.get("jobs") or [],
-                "history": {"start": hour_start, "rss": _sum_series([(history.get("start"), history.get("rss"))]),
-                            "cpu": _sum_series([(history.get("start"), history.get("cpu"))])},
+                # One point per report over the last RECENT reports (per-minute points left a worker of a few
+                # minutes with one dot on an hour's axis).
+                "history": {"start": start, "step": step,
+                            "rss": _on_axis(history.get("recent"), "rss", start, step, points),
+                            "cpu": _on_axis(history.get("recent"), "cpu", start, step, points)},
             })
         return {"workers": rows, "skip": skip, "limit": limit, "more": more}
 
@@ -328,6 +331,32 @@ def _unix(value: Any) -> float:
     if isinstance(value, datetime.datetime):
         return value.replace(tzinfo=datetime.UTC).timestamp()
     return 0.0
+
+
+def _recent_axis(docs: list[dict[str, Any]], now: float) -> tuple[int, int, int]:
+    """``(start, step, points)`` of a time axis ending now, from the workers' oldest recent sample (at most
+    :data:`~mrq.history.RECENT` points, at least 10), ``step`` being their report interval (the median gap
+    between their samples): a worker started a minute ago fills the chart."""
+    from mrq.history import RECENT
+
+    times = [((d.get("history") or {}).get("recent") or {}).get("t") or [] for d in docs]
+    gaps = sorted(b - a for t in times for a, b in zip(t, t[1:], strict=False) if b > a)
+    step = max(1, min(60, int(round(gaps[len(gaps) // 2])) if gaps else 10))
+    oldest = min((t[0] for t in times if t), default=int(now))
+    points = max(10, min(RECENT, int((now - oldest) // step) + 1))
+    return int(now) - step * (points - 1), step, points
+
+
+def _on_axis(recent: Any, key: str, start: int, step: int, points: int) -> list[float | None]:
+    """A worker's ``recent`` samples of ``key`` placed on the axis of :func:`_recent_axis` (``None``: no sample)."""
+    values: list[float | None] = [None] * points
+    if not isinstance(recent, dict):
+        return values
+    for t, value in zip(recent.get("t") or [], recent.get(key) or [], strict=False):
+        index = int(round((t - start) / step))
+        if 0 <= index < points and value is not None:
+            values[index] = value
+    return values
 
 
 def _last(values: Any) -> Any:

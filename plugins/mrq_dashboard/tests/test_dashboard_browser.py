@@ -282,3 +282,26 @@ def test_mongodb_unreachable_the_dashboard_starts_at_once_says_why_and_stops_at_
         assert server.proc.wait(10) == 0 and time.monotonic() - stopping < 8
     finally:
         server.stop()
+
+
+def test_workers_page_a_worker_running_jobs_says_run_and_its_memory_has_a_line(browser, dashboard, dash, tmp_path):
+    """A worker running 2 jobs of its 4 greenlets showed `wait`; its memory column and chart, one dot per minute,
+    were nearly empty for a worker of a few minutes."""
+    queue_jobs(TASKS + "Chatty", [{"lines": 100, "every": 0.2}] * 2)
+    dash.worker("--greenlets", "4")
+    time.sleep(6)  # a few reports (one a second in the tests)
+    browser.set_window_size(1400, 900)
+    open_page(browser, dashboard, "/workers")
+    row = wait_for("the worker's row", lambda: browser.find_element(By.CSS_SELECTOR, "#workers tbody tr"))
+    wait_for("status run", lambda: "run" in row.find_element(By.CSS_SELECTOR, "td:nth-child(5)").text.split())
+
+    def points(selector: str) -> int:
+        path = browser.find_element(By.CSS_SELECTOR, selector + " path[data-series]")
+        return path.get_attribute("d").count("L") + 1
+
+    assert wait_for("the memory chart's line", lambda: points("#chart-rss") >= 4)
+    assert wait_for("the sparkline of the memory column", lambda: points("#workers tbody .spark") >= 4)
+    browser.save_screenshot(str(tmp_path / "workers.png"))
+    if os.environ.get("MRQ_DASHBOARD_SCREENSHOTS"):
+        browser.save_screenshot(os.path.join(os.environ["MRQ_DASHBOARD_SCREENSHOTS"], "workers-running.png"))
+    no_js_errors(browser)

@@ -238,12 +238,12 @@
     const params = urlParams();
     const data = await api("workers", {skip: params.skip, limit: params.limit});
     const alive = data.workers.filter((w) => !w.dead && w.status !== "stop");
-    const start = alive.length ? alive[0].history.start : null;
-    MRQChart.line(document.getElementById("chart-rss"), {start, series: alive.slice(0, 10).map((w) => ({name: w.name, values: w.history.rss}))});
-    MRQChart.line(document.getElementById("chart-cpu"), {start, series: alive.slice(0, 10).map((w) => ({name: w.name, values: w.history.cpu}))});
+    const start = alive.length ? alive[0].history.start : null, step = alive.length ? alive[0].history.step : 60;
+    MRQChart.line(document.getElementById("chart-rss"), {start, step, series: alive.slice(0, 10).map((w) => ({name: w.name, values: w.history.rss}))});
+    MRQChart.line(document.getElementById("chart-cpu"), {start, step, series: alive.slice(0, 10).map((w) => ({name: w.name, values: w.history.cpu}))});
     fill(document.querySelector("#workers tbody"), data.workers.map((w) => {
       const spark = h("div", {class: "spark"});
-      MRQChart.line(spark, {start: w.history.start, series: [{name: "MB", values: w.history.rss}]});
+      MRQChart.line(spark, {start: w.history.start, step: w.history.step, series: [{name: "MB", values: w.history.rss}]});
       return h("tr", {class: w.dead ? "dead" : (w.status === "stop" ? "stopped" : "")},
         h("td", {}, h("a", {href: link("jobs", {worker: w.id}), text: w.name}), w.dead ? h("span", {class: "status status-failed", text: "dead"}) : null),
         h("td", {text: w.host}), h("td", {class: "num", text: w.pid}),
