@@ -79,6 +79,7 @@ class Worker:
         self._memory_kill = False
         self._memory_kill_jobs = 0  # jobs running when --max_memory interrupted them
         self._epoch: str | None = None  # MRQ's marker key in Redis: it changes when Redis lost its data
+        self._plugins_reported: list[dict[str, Any]] | None = None
         self.redis_is_new: bool | None = None  # the marker was missing: set for mrq_redis_data_lost's callers
         #: job id -> (queue, raw payload, score) of the jobs dequeued and not yet known to be acknowledged
         self._held: dict[str, tuple[str, str | None, float | None]] = {}
@@ -758,6 +759,7 @@ class Worker:
                                                        "max_latency", "flush_interval")},
             "process": {"cpu": {"user": cpu.user, "system": cpu.system}, "mem": {"rss": self.memory_mb()}},
             "jobs": jobs,
+            "plugins": self._plugins_report(),
             "counters": dict(self.counters) | {
                 "redis_roundtrips": ROUNDTRIPS["redis"], "mongodb_roundtrips": ROUNDTRIPS["mongodb"],
                 "statuses_written": self.writer.written, "status_batches": self.writer.batches,
@@ -772,6 +774,16 @@ class Worker:
         except Exception:
             self.log.exception("A plugin failed in mrq_worker_report")
         return report
+
+    def _plugins_report(self) -> list[dict[str, Any]]:
+        """The plugins this worker runs, ``{"name", "version", "hooks"}`` (the dashboard's Plugins page)."""
+        if self._plugins_reported is None:
+            try:
+                self._plugins_reported = [{"name": r["name"], "version": r["version"] or "", "hooks": r["hooks"]}
+                                          for r in self.plugins.describe() if r["enabled"]]
+            except Exception:  # noqa: BLE001 - a report must not fail for it
+                self._plugins_reported = []
+        return self._plugins_reported
 
     def _report(self) -> None:
         try:

@@ -307,7 +307,7 @@ def create_app(config: Mapping[str, Any]) -> Flask:
 
     @app.get("/api/plugins")
     def api_plugins() -> Any:
-        return ok({"plugins": get_plugin_manager().describe()})
+        return ok(model.plugins(get_plugin_manager().describe()))
 
     @app.get("/api/p/<name>")
     def api_plugin_page(name: str) -> Any:

@@ -39,7 +39,7 @@ ROUTES: list[tuple[str, str, str, list[tuple[str, str]], bool]] = [
     ("get", "/api/jobs/{job_id}/logs", "The job's log lines after a cursor: {logs, text, cursor, more}.",
      [("cursor", "The cursor of the previous answer (omit for the first lines)."), ("limit", "Log documents.")],
      False),
-    ("get", "/api/plugins", "Installed and enabled plugins, versions, hooks.", [], False),
+    ("get", "/api/plugins", "Plugins the live workers run (their reports) and this dashboard's.", [], False),
     ("get", "/api/p/{name}", "Data of a page added by a plugin: {columns, rows, text}.", [], False),
     ("get", "/api/openapi.json", "This description.", [], False),
     ("post", "/api/jobs/{job_id}/cancel", "Cancel one job (a running one stops within about a second).", [], False),

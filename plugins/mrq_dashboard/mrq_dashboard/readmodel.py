@@ -129,6 +129,29 @@ class ReadModel:
     def _alive(self, docs: list[dict[str, Any]]) -> dict[str, bool]:
         return self.broker.alive([str(d["_id"]) for d in docs]) if docs else {}
 
+    def plugins(self, local: list[dict[str, Any]]) -> dict[str, Any]:
+        """The plugins the live workers run, from their reports, beside those of this dashboard process
+        (``local``, :meth:`mrq.plugins.PluginManager.describe`): each row gets ``workers`` (how many live workers
+        run it) and ``worker_versions``; a plugin only the workers have gets a row of its own."""
+        docs = [d for d in self._worker_docs() if d.get("status") != "stop"]
+        alive = self._alive(docs)
+        live = [d for d in docs if alive.get(str(d["_id"]))]
+        rows = {r["name"]: dict(r, workers=0, worker_versions=[]) for r in local}
+        for doc in live:
+            for plugin in doc.get("plugins") or []:
+                name = str(plugin.get("name") or "")
+                if not name:
+                    continue
+                row = rows.setdefault(name, {"name": name, "version": "", "enabled": False, "hooks": [],
+                                             "source": "", "workers": 0, "worker_versions": []})
+                row["workers"] += 1
+                if not row["hooks"]:  # not enabled here: the hooks the workers implement
+                    row["hooks"] = [str(h) for h in plugin.get("hooks") or []]
+                version = str(plugin.get("version") or "")
+                if version and version not in row["worker_versions"]:
+                    row["worker_versions"].append(version)
+        return {"plugins": sorted(rows.values(), key=lambda r: r["name"]), "workers_alive": len(live)}
+
     def queues(self, skip: int = 0, limit: int = 100) -> dict[str, Any]:
         counts, meta = self.counts()
         broker = self.broker

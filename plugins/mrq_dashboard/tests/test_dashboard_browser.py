@@ -305,3 +305,25 @@ def test_workers_page_a_worker_running_jobs_says_run_and_its_memory_has_a_line(b
     if os.environ.get("MRQ_DASHBOARD_SCREENSHOTS"):
         browser.save_screenshot(os.path.join(os.environ["MRQ_DASHBOARD_SCREENSHOTS"], "workers-running.png"))
     no_js_errors(browser)
+
+
+def test_plugins_page_shows_what_the_workers_run(browser, dashboard, dash, tmp_path):
+    """The dashboard's own process does not run `cleaning`, its workers do: the page said `disabled`."""
+    dash.worker("--plugins", "cleaning")
+    data = wait_until(lambda: (lambda d: d if d["workers_alive"] else None)(dashboard.api("plugins")),
+                      what="a live worker")
+    cleaning = next(p for p in data["plugins"] if p["name"] == "cleaning")
+    assert cleaning["workers"] == 1 and cleaning["worker_versions"] and not cleaning["enabled"]
+    assert next(p for p in data["plugins"] if p["name"] == "dashboard")["workers"] == 0
+    browser.set_window_size(1400, 900)
+    open_page(browser, dashboard, "/plugins")
+    def cleaning_row():
+        return next((r for r in browser.find_elements(By.CSS_SELECTOR, "#plugins tbody tr")
+                     if r.text.startswith("cleaning")), None)
+
+    row = wait_for("cleaning's row", cleaning_row)
+    assert "on 1 of 1 workers" in row.text, row.text
+    browser.save_screenshot(str(tmp_path / "plugins.png"))
+    if os.environ.get("MRQ_DASHBOARD_SCREENSHOTS"):
+        browser.save_screenshot(os.path.join(os.environ["MRQ_DASHBOARD_SCREENSHOTS"], "plugins.png"))
+    no_js_errors(browser)

@@ -466,10 +466,13 @@
 
   pages.plugins = async function () {
     const data = await api("plugins");
+    const total = data.workers_alive;
     fill(document.querySelector("#plugins tbody"), data.plugins.map((p) => h("tr", {},
-      h("td", {text: p.name}), h("td", {text: p.version || "-"}),
-      h("td", {}, h("span", {class: "status " + (p.enabled ? "status-success" : "status-cancel"), text: p.enabled ? "enabled" : "disabled"})),
-      h("td", {text: (p.hooks || []).join(", ")}), h("td", {}, h("code", {text: p.source})))));
+      h("td", {text: p.name}), h("td", {text: (p.worker_versions.length ? p.worker_versions.join(", ") : p.version) || "-"}),
+      h("td", {}, h("span", {class: "status " + (p.workers ? "status-success" : "status-cancel"),
+                             text: total ? (p.workers ? "on " + p.workers + " of " + total + " workers" : "on no worker") : "no live worker"})),
+      h("td", {text: p.enabled ? "enabled" : "-"}),
+      h("td", {text: (p.hooks || []).join(", ")}), h("td", {}, p.source ? h("code", {text: p.source}) : null))));
   };
 
   pages.plugin_page = async function () {
