@@ -742,7 +742,7 @@ class Worker:
         cpu = self._process.cpu_times()
         jobs = []
         for job in list(self.jobs.values()):
-            stack = traceback.format_stack(job.greenlet.gr_frame) if job.greenlet is not None and \
+            stack = task_stack(job.greenlet.gr_frame, job.path) if job.greenlet is not None and \
                 job.greenlet.gr_frame is not None else []
             jobs.append({"id": job.id, "path": job.path, "queue": job.queue, "progress": job.progress,
                          "datestarted": datetime.datetime.fromtimestamp(job.datestarted or 0, datetime.UTC)
@@ -797,3 +797,18 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - a missed report is not fatal
             self.log.warning("Worker report failed: %s: %s", type(exc).__name__, exc)
 
+
+def task_stack(frame: Any, path: str) -> list[str]:
+    """The stack of a running job (``traceback.format_stack``) starting at the task's own code, as its traceback
+    does: the frames that led to it (the greenlet's, MRQ's, pluggy's) are left out. Without a frame of the task's
+    module, only pluggy's frames are."""
+    import sys
+
+    frames = [f for f in traceback.extract_stack(frame) if "/pluggy/" not in f.filename]
+    task_file = getattr(sys.modules.get(path.rpartition(".")[0]), "__file__", None) if path else None
+    if task_file:
+        task_file = os.path.abspath(task_file)
+        first = next((i for i, f in enumerate(frames) if os.path.abspath(f.filename) == task_file), None)
+        if first is not None:
+            frames = frames[first:]
+    return traceback.format_list(frames)

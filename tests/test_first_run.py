@@ -277,3 +277,20 @@ def test_a_job_that_succeeded_after_retries_shows_no_exception(mrq_worker):
     assert "exceptiontype" not in data and "traceback" not in data, data
     assert [h["exceptiontype"] for h in data["traceback_history"]] == ["RetryInterrupt", "RetryInterrupt"]
     assert data["result"] == "succeeded after 2 retries"
+
+
+def test_a_running_job_s_stack_starts_at_the_task_s_frame(mrq_worker):
+    """The worker's report (the dashboard's stacks): the task's own code first, as a traceback, not the greenlet's,
+    MRQ's and pluggy's frames."""
+    from mrq.job import queue_job
+
+    job_id = queue_job("tests.tasks.general.Progress", {"steps": 2, "t": 5})
+    mrq_worker.start()
+    report = wait_until(lambda: (lambda r: r if r and r["jobs"] else None)(mrq_worker.report()), timeout=20,
+                        what="the job running in a report")
+    (running,) = report["jobs"]
+    assert running["id"] == job_id
+    stack = "".join(running["stack"])
+    assert running["stack"][0].startswith('  File "') and "tests/tasks/general.py" in running["stack"][0], stack
+    assert "pluggy" not in stack and "mrq/worker.py" not in stack and "gevent.sleep" in stack, stack
+    mrq_worker.stop()
