@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import inspect
 import os
 import random
 import sys
@@ -631,6 +632,10 @@ class KernelHooks:
         task = load_task(job.path)
         task.is_main_task = True
         result = task.run_wrapped(job.params)
+        if inspect.isawaitable(result):  # an async def task: run on the process's event loop (mrq.aio)
+            from mrq.aio import run_awaitable
+
+            result = run_awaitable(result)
         try:
             size = len(bson.encode({"result": result}))
         except (bson.errors.InvalidDocument, OverflowError, TypeError, ValueError) as exc:
