@@ -132,7 +132,19 @@ def _parse_params(args: Sequence[str]) -> dict[str, Any]:
         return params
     if len(args) % 2:
         raise InvalidParams("Params given as key value pairs need an even number of arguments.")
-    return dict(zip(args[::2], args[1::2], strict=True))
+    return {key: _pair_value(value) for key, value in zip(args[::2], args[1::2], strict=True)}
+
+
+def _pair_value(text: str) -> Any:
+    """A key value pair's value: JSON when it reads as JSON (``1``, ``true``, ``[1, 2]``, ``"1"``), else the text
+    itself (``bob``, ``007``). NaN and Infinity stay text."""
+    def refuse(name: str) -> Any:
+        raise ValueError(name)
+
+    try:
+        return json.loads(text, parse_constant=refuse)
+    except (ValueError, RecursionError):
+        return text
 
 
 def _print_json(value: Any) -> None:

@@ -294,3 +294,16 @@ def test_a_running_job_s_stack_starts_at_the_task_s_frame(mrq_worker):
     assert running["stack"][0].startswith('  File "') and "tests/tasks/general.py" in running["stack"][0], stack
     assert "pluggy" not in stack and "mrq/worker.py" not in stack and "gevent.sleep" in stack, stack
     mrq_worker.stop()
+
+
+def test_mrq_run_key_value_pairs_read_values_as_json_when_they_are(mrq_urls, tmp_path):
+    """`mrq-run path a 1 b 2` stored "1" and "2" (strings): the values are JSON when they read as JSON."""
+    from mrq.cli import _parse_params
+
+    assert _parse_params(["a", "1", "b", "2.5", "c", "true", "d", "[1, 2]", "e", "bob", "f", "007", "g", '"1"',
+                          "h", "NaN", "i", "null"]) == {"a": 1, "b": 2.5, "c": True, "d": [1, 2], "e": "bob",
+                                                         "f": "007", "g": "1", "h": "NaN", "i": None}
+    env = dict(os.environ, MRQ_REDIS=mrq_urls.redis, MRQ_MONGODB_JOBS=mrq_urls.mongodb)
+    out = subprocess.run([_bin("mrq-run"), "mrq.examples.tasks.Add", "a", "41", "b", "1"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "42", (out.stdout, out.stderr)  # was "411"
