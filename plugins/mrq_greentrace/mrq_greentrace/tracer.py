@@ -95,7 +95,7 @@ class GreenletTracer:
         self._pending: list[Block] = []
         self._main_ident = 0
         self._watcher = 0  # generation of the watcher thread that should run (0 = none)
-        self._block_done = -1  # the run already recorded as a block (by untrack)
+        self._block_done: tuple[int, float] = (-1, 0.0)  # (run, start) already recorded as a block (by untrack)
 
     # ------------------------------------------------------------------ install
     def install(self) -> None:
@@ -122,7 +122,14 @@ class GreenletTracer:
 
     # ------------------------------------------------------------------ jobs
     def track(self, job: Any) -> JobStats:
-        """Charge the runs of ``job``'s greenlets to a new :class:`JobStats` from now on."""
+        """Charge the runs of ``job``'s greenlets to a new :class:`JobStats` from now on (call it from the job's
+        greenlet). What its greenlet did before in the run in progress (another plugin's wrapper: memtrace's
+        objgraph pass) is not the job's: a block so far is recorded without a job, and the run starts again."""
+        run, current, now = self.switch_count, self._current, time.perf_counter()
+        if current is not None and current is gevent.getcurrent():
+            if now - self._since >= self.block_seconds > 0 and self._block_done != (run, self._since):
+                self._blocked(current, None, now - self._since, run, sys._getframe(1))
+            self._since, self._since_cpu, self._sample = now, time.thread_time(), None
         stats = self._stats[job] = JobStats()
         return stats
 
@@ -134,9 +141,9 @@ class GreenletTracer:
         """
         run, current = self.switch_count, self._current
         if (current is gevent.getcurrent() and time.perf_counter() - self._since >= self.block_seconds > 0
-                and self._block_done != run):
+                and self._block_done != (run, self._since)):
             self._blocked(current, job, time.perf_counter() - self._since, run, sys._getframe(1))
-            self._block_done = run
+            self._block_done = (run, self._since)
         stats = self.figures(job)
         self._stats.pop(job, None)
         return stats
@@ -173,7 +180,7 @@ class GreenletTracer:
                     stats.cpu += now_cpu - self._since_cpu
                     stats.switches += 1
             ran = now - self._since
-            if ran >= self.block_seconds > 0 and origin is not self._hub and self._block_done != run:
+            if ran >= self.block_seconds > 0 and origin is not self._hub and self._block_done != (run, self._since):
                 self._blocked(origin, job, ran, run, sys._getframe(1))
             if self._profiled:
                 if origin in self._profiled:
@@ -207,8 +214,10 @@ class GreenletTracer:
             stack, sampled = _format(sample[1]), True
         else:  # not caught in the act: only where it is now (where it yields) is known
             stack, sampled = _format(traceback.extract_stack(frame, limit=STACK_LIMIT)), False
-        block = Block(ran, job, repr(glet), stack, sampled)
         stats = self._stats.get(job) if job is not None else None
+        if stats is None:  # its greenlet was outside the task (another plugin's wrapper): the job is not to blame
+            job = None
+        block = Block(ran, job, repr(glet), stack, sampled)
         if stats is not None:
             stats.blocks += 1
             if stats.worst is None or ran > stats.worst.seconds:

@@ -173,3 +173,21 @@ def test_profile_works_for_mrq_run_too(tmp_path):
     assert proc.returncode == 0 and proc.stdout.strip() == "17711", proc.stderr
     assert "mrq --profile: whole-process profile" in proc.stderr and "(fib)" in proc.stderr
     assert list(tmp_path.glob("mrq-*.pstats"))
+
+
+def test_memtrace_s_objgraph_pass_is_not_blamed_on_the_job(mrq_worker, capfd):
+    """With memtrace in objgraph mode, its gc.collect + typestats around each job holds the hub for tens of ms in
+    the job's greenlet: greentrace blamed the job (a nap that never blocks) for it."""
+    mrq_worker.start("--plugins", "greentrace,memtrace", "--trace_memory", "--greenlets", "1",
+                     "--trace_greenlets_block_ms", "5", env=ENV)
+    naps = [queue_job(task("nap"), {"seconds": 0.01}) for _ in range(3)]
+    mrq_worker.wait_for_idle()
+    for job_id in naps:
+        data = doc(job_id)
+        assert data["status"] == "success" and "memory_growth" in data, data
+        assert "blocked" not in data, data["blocked"]
+    report = report_with(mrq_worker, task("nap"))
+    assert {t["path"]: t for t in report["greentrace"]["tasks"]}[task("nap")]["blocks"] == 0
+    assert mrq_worker.stop() == 0
+    err = capfd.readouterr().err
+    assert not any(f"greentrace: job {job_id}" in err for job_id in naps), err
