@@ -126,3 +126,31 @@ def test_a_blocking_call_in_a_coroutine_is_reported_by_greentrace(mrq_worker, ca
     assert "blocked" not in _data(quick)
     assert mrq_worker.stop() == 0
     assert f"greentrace: job {blocker} ({A}block) ran" in capfd.readouterr().err
+
+
+def test_the_readme_async_example_runs_as_written(mrq_urls, mrq_config, tmp_path):
+    """README step 9, as written: a worker and mrq-run in the folder of its tasks_async.py."""
+    import re
+    from urllib.parse import urlsplit
+
+    from mrq.testing import WorkerProcess
+
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+              if b.startswith("# tasks_async.py\n")]
+    assert len(blocks) == 1
+    (tmp_path / "tasks_async.py").write_text(blocks[0])
+    redis = urlsplit(mrq_urls.redis)
+    worker = WorkerProcess(mrq_urls, str(tmp_path)).start("--greenlets", "50")
+    try:
+        pings = queue_jobs("tasks_async.Ping", [{"host": redis.hostname, "port": redis.port}] * 20)
+        waits = queue_jobs("tasks_async.wait", [{"seconds": 1}] * 50)
+        worker.wait_for_idle()
+        assert [_data(i)["result"] for i in pings] == ["+PONG"] * 20
+        assert [_data(i)["result"] for i in waits] == [1] * 50
+        assert f"{redis.hostname}:{redis.port} answered +PONG" in job_logs(pings[-1])
+    finally:
+        worker.kill()
+    env = dict(os.environ, MRQ_REDIS=mrq_urls.redis, MRQ_MONGODB_JOBS=mrq_urls.mongodb)
+    out = subprocess.run([sys.executable, "-m", "mrq.cli", "run", "tasks_async.wait", '{"seconds": 1}'],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout.strip()) == (0, "1"), out.stderr
