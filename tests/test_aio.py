@@ -72,8 +72,10 @@ def test_one_client_serves_every_job_and_fds_stay_flat(mrq_worker):
     assert len({r["result"]["client"] for r in results}) == 1
     assert sorted(r["result"]["calls"] for r in results) == list(range(1, 2001))
     by_order = sorted(results, key=lambda r: r["result"]["calls"])
-    early, late = by_order[100]["result"]["fds"], by_order[-1]["result"]["fds"]
-    assert late <= early + 2, (early, late)  # no loop, selector or socket pair per job
+    early, late = by_order[200]["result"]["fds"], by_order[-1]["result"]["fds"]
+    # no loop, selector or socket pair per job (that would be +1,800 or more); the worker's own Redis and
+    # MongoDB pools may still open a connection or two under load
+    assert late <= early + 6, (early, late)
 
 
 def test_cancel_and_timeout_cancel_the_coroutine(mrq_worker, tmp_path):
