@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Flask, Response, abort, jsonify, render_template, request
+from mrq import status as st
 from mrq.actions import FILTER_KEYS, WAITING, cancel_jobs, count_matching, forget_queued, requeue_jobs
 from mrq.context import connections, get_broker, get_plugin_manager
 from mrq.exceptions import InvalidParams, JobNotFound, MRQError
@@ -70,6 +71,11 @@ def filters_from(args: Mapping[str, Any]) -> dict[str, Any]:
             items = [part.strip() for v in values for part in str(v).split(",") if part.strip()]
             if key == "status":
                 items = [s for item in items for s in STATUS_GROUPS.get(item, [item])]
+                unknown = [item for item in items if item not in st.ALL_STATUSES]
+                if unknown:
+                    groups = "; ".join(f"{g} ({', '.join(members)})" for g, members in STATUS_GROUPS.items())
+                    raise ValueError(f"Unknown status {', '.join(map(repr, unknown))}: use a status "
+                                     f"({', '.join(sorted(st.ALL_STATUSES))}) or a group: {groups}.")
             filters[key] = items if len(items) != 1 else items[0]
         else:
             filters[key] = values[-1]

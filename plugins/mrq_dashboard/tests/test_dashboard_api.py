@@ -88,7 +88,9 @@ def test_workers_and_overview(dashboard, dash, tmp_path):
     w = workers[0]
     assert (w["pid"], w["alive"], w["dead"], w["queues"], w["done"]) == (worker.pid, True, False,
                                                                           ["default", "other"], 7)
-    assert w["rss_mb"] > 0 and any(w["history"]["rss"]) and len(w["history"]["rss"]) == 60 and isinstance(w["id"], str)
+    assert w["rss_mb"] > 0 and any(w["history"]["rss"]) and isinstance(w["id"], str)
+    # One point per report (every second here), from the oldest sample: at least 10 points, at most RECENT.
+    assert 10 <= len(w["history"]["rss"]) <= 90 and w["history"]["step"] == 1, w["history"]
     overview = dashboard.api("overview")
     assert overview["workers_alive"] == 1 and overview["greenlets"] == 4 and overview["queued"] == 1
     assert overview["failing"] == 2 and overview["total"] == 8 and overview["jobs_per_second"] > 0
@@ -148,6 +150,16 @@ def test_jobs_filters(dashboard, dash, tmp_path):
     row = dashboard.api(f"jobs?id={ok[0]}")["jobs"][0]
     assert row["params"] == '{"a": 0, "b": 1}' and row["status"] == "success" and row["queue"] == "default"
     assert row["datequeued"].endswith("Z") and isinstance(row["worker"], str) and "result" not in row
+
+
+def test_a_bad_status_s_400_lists_the_statuses_and_the_status_groups(dashboard, dash):
+    for path in ("/api/jobs?status=finished", "/api/jobs/count?action=cancel&status=failing,finished"):
+        response = dashboard.get(path)
+        assert response.status == 400, response.text
+        error = response.json()["error"]
+        assert error.startswith("Unknown status 'finished': use a status (") and "failed" in error, error
+        assert "or a group: waiting (queued, retry, interrupt); running (started); failing (failed," in error, error
+    assert dashboard.get("/api/jobs?status=failing").status == 200
 
 
 @pytest.mark.parametrize("query, message", [

@@ -327,3 +327,85 @@ def test_plugins_page_shows_what_the_workers_run(browser, dashboard, dash, tmp_p
     if os.environ.get("MRQ_DASHBOARD_SCREENSHOTS"):
         browser.save_screenshot(os.path.join(os.environ["MRQ_DASHBOARD_SCREENSHOTS"], "plugins.png"))
     no_js_errors(browser)
+
+
+def test_logs_of_a_running_job_follow_until_the_reader_scrolls_up(browser, dashboard, dash, tmp_path):
+    """Tail mode: new lines arrive in sight; scrolling up pauses it, scrolling back to the end resumes it."""
+    job = queue_job(TASKS + "Chatty", {"lines": 400, "every": 0.05})
+    dash.worker()
+    browser.set_window_size(1400, 900)
+    open_page(browser, dashboard, f"/jobs/{job}")
+    follow = wait_for("the follow switch", lambda: browser.find_element(By.ID, "follow-logs"))
+    assert follow.is_displayed() and follow.is_selected()
+
+    def gap() -> float:  # pixels between the end of the logs and the bottom of their box
+        return browser.execute_script("const b = document.getElementById('logs');"
+                                      "return b.scrollHeight - b.scrollTop - b.clientHeight;")
+
+    overflowing = "const b = document.getElementById('logs'); return b.scrollHeight > b.clientHeight + 100;"
+    wait_for("the logs overflow their box", lambda: browser.execute_script(overflowing), timeout=30)
+    count = text_of(browser, "#logs").count("chatty job")
+    wait_for("more lines", lambda: text_of(browser, "#logs").count("chatty job") > count + 5)
+    assert gap() < 10  # the newest lines are in sight
+    browser.save_screenshot(str(tmp_path / "logs-follow.png"))
+    if os.environ.get("MRQ_DASHBOARD_SCREENSHOTS"):
+        browser.save_screenshot(os.path.join(os.environ["MRQ_DASHBOARD_SCREENSHOTS"], "logs-follow.png"))
+    browser.execute_script("document.getElementById('logs').scrollTop = 0;")
+    wait_for("follow paused", lambda: not browser.find_element(By.ID, "follow-logs").is_selected())
+    count = text_of(browser, "#logs").count("chatty job")
+    wait_for("more lines", lambda: text_of(browser, "#logs").count("chatty job") > count + 5)
+    assert browser.execute_script("return document.getElementById('logs').scrollTop;") == 0  # left where it was
+    browser.find_element(By.ID, "follow-logs").click()
+    wait_for("back at the end", lambda: gap() < 10)
+    no_js_errors(browser)
+    Job(job).cancel()
+
+
+def test_an_expanded_stack_stays_expanded_across_refreshes(browser, dashboard, dash):
+    queue_job(TASKS + "Chatty", {"lines": 200, "every": 0.2})
+    dash.worker()
+    open_page(browser, dashboard, "/workers")
+    browser.execute_script("localStorage.setItem('mrq-autorefresh', '1');")
+    open_page(browser, dashboard, "/workers")
+    summary = wait_for("a running job", lambda: browser.find_element(By.CSS_SELECTOR, "details.stack summary"))
+    browser.execute_script("arguments[0].click();", summary)  # the summary itself (its text is a link to the job)
+    mark = "const d = document.querySelector('details.stack'); if (d) d.dataset.seen = '1'; return !!d;"
+    rendered_again = "const d = document.querySelector('details.stack'); return d && !d.dataset.seen;"
+    for _ in range(3):  # three refreshes later, still expanded
+        assert browser.execute_script(mark)
+        wait_for("a refresh", lambda: browser.execute_script(rendered_again), timeout=10)
+        again = browser.find_element(By.CSS_SELECTOR, "details.stack")
+        assert again.get_attribute("open") is not None
+        assert "dashboard_tasks.py" in again.find_element(By.TAG_NAME, "pre").text
+    browser.execute_script("localStorage.removeItem('mrq-autorefresh');")
+    no_js_errors(browser)
+
+
+def test_single_job_cancel_and_requeue_say_what_they_did_times_show_their_zone(browser, dashboard, dash, tmp_path):
+    job = queue_job(TASKS + "Add", {"a": 1, "b": 2}, queue="nobody")
+    browser.set_window_size(1400, 900)
+    open_page(browser, dashboard, f"/jobs/{job}")
+    wait_for("the cancel button", lambda: browser.find_element(By.CSS_SELECTOR, "button.cancel")).click()
+    notice = wait_for("the notice", lambda: browser.find_element(By.ID, "notice"))
+    wait_for("cancelled said", lambda: notice.text == f"Cancelled job {str(job)[-8:]}.")
+    assert Job(job).fetch().status == "cancel"
+    wait_for("the requeue button", lambda: browser.find_element(By.CSS_SELECTOR, "button.requeue")).click()
+    wait_for("requeued said", lambda: notice.text == f"Requeued job {str(job)[-8:]}: it waits in its queue.")
+    assert Job(job).fetch().status == "queued"
+    zone = browser.execute_script("return new Intl.DateTimeFormat('en-US', {timeZoneName: 'short'})"
+                                  ".formatToParts(new Date()).find((p) => p.type === 'timeZoneName').value;")
+    wait_for("times with their zone", lambda: f" {zone} (" in browser.find_element(By.CSS_SELECTOR, "dl.fields").text)
+    separator = "return getComputedStyle(document.getElementById('freshness'), '::before').content;"
+    footer = browser.find_element(By.TAG_NAME, "footer").text
+    assert footer.endswith("· API") and browser.execute_script(separator) == "none", footer  # nothing dangles
+    browser.save_screenshot(str(tmp_path / "job-notice.png"))
+    if os.environ.get("MRQ_DASHBOARD_SCREENSHOTS"):
+        browser.save_screenshot(os.path.join(os.environ["MRQ_DASHBOARD_SCREENSHOTS"], "job-notice.png"))
+    open_page(browser, dashboard, "/jobs")
+    wait_for("the jobs list", lambda: browser.find_element(By.CSS_SELECTOR, "#jobs tbody tr[data-job]"))
+    headers = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#jobs thead th")]
+    assert f"Queued ({zone})" in headers and f"Updated ({zone})" in headers, headers
+    open_page(browser, dashboard, "/queues")  # a page with counts: the separator comes with them
+    wait_for("the counts' age", lambda: "counts computed" in browser.find_element(By.TAG_NAME, "footer").text)
+    assert browser.execute_script(separator) == '" · "'  # the separator comes with the text it separates
+    no_js_errors(browser)

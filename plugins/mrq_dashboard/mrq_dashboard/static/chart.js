@@ -56,7 +56,10 @@
       const first = svg("text", {x: L, y: H - 6, class: "axis"});
       first.textContent = clock(opts.start);
       const last = svg("text", {x: W - R, y: H - 6, "text-anchor": "end", class: "axis"});
-      last.textContent = clock(opts.start + (n - 1) * (opts.step || 60));
+      const end = new Date((opts.start + (n - 1) * (opts.step || 60)) * 1000);
+      const zone = new Intl.DateTimeFormat("en-US", {timeZoneName: "short"}).formatToParts(end)
+        .find((p) => p.type === "timeZoneName");
+      last.textContent = clock(end.getTime() / 1000) + (zone ? " " + zone.value : "");
       root.append(first, last);
     }
     series.forEach((s, k) => {

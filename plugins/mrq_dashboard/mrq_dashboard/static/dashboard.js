@@ -58,12 +58,19 @@
     return Math.floor(s / 86400) + " d " + Math.floor((s % 86400) / 3600) + " h";
   }
 
+  /** The short name of the browser's time zone at that date ("UTC", "CET", "GMT+2"): every time shown is in it. */
+  function tzName(d) {
+    const part = new Intl.DateTimeFormat("en-US", {timeZoneName: "short"}).formatToParts(d || new Date())
+      .find((p) => p.type === "timeZoneName");
+    return part ? part.value : "";
+  }
+
   function fmtDate(iso) {
     if (!iso) return "";
     const d = new Date(iso);
     if (isNaN(d)) return String(iso);
     const ago = (Date.now() - d.getTime()) / 1000;
-    return d.toLocaleString("sv-SE").replace("T", " ") + (ago >= 0 ? " (" + fmtDuration(ago) + " ago)" : "");
+    return d.toLocaleString("sv-SE").replace("T", " ") + " " + tzName(d) + (ago >= 0 ? " (" + fmtDuration(ago) + " ago)" : "");
   }
 
   /** A date in a table cell: the time of day for today (the full date in its tooltip), else the day. */
@@ -87,6 +94,24 @@
   function json(value) { return JSON.stringify(value, null, 2); }
 
   // ------------------------------------------------------------------ API
+  /** What an action did, in a status line above the page (cleared by the next action or after 10 s). */
+  let noticeTimer = null;
+  function showNotice(text) {
+    const box = document.getElementById("notice");
+    if (!box) return;
+    clearTimeout(noticeTimer);
+    box.hidden = !text;
+    box.textContent = text || "";
+    if (text) noticeTimer = setTimeout(() => { box.hidden = true; box.textContent = ""; }, 10000);
+  }
+
+  async function jobAction(id, action) {
+    const short = "job " + String(id).slice(-8);
+    const data = await post("jobs/" + id + "/" + action);
+    if (action === "cancel") showNotice(data.cancelled ? "Cancelled " + short + "." : short + " had already ended: nothing to cancel.");
+    else showNotice(data.requeued ? "Requeued " + short + ": it waits in its queue." : short + " was not requeued (it is queued or running).");
+  }
+
   function showError(err) {
     const box = document.getElementById("error");
     if (!err) { box.hidden = true; box.textContent = ""; return; }
@@ -234,6 +259,8 @@
     freshness(data.counts);
   };
 
+  const openStacks = new Set();  // the running jobs whose stack is expanded: kept across refreshes
+
   pages.workers = async function () {
     const params = urlParams();
     const data = await api("workers", {skip: params.skip, limit: params.limit});
@@ -254,7 +281,8 @@
         h("td", {class: "num", text: fmtNum(w.rss_mb)}),
         h("td", {}, spark),
         h("td", {class: "num", text: fmtNum(w.done)}),
-        h("td", {}, (w.jobs || []).map((j) => h("details", {class: "stack"},
+        h("td", {}, (w.jobs || []).map((j) => h("details", {class: "stack", "data-job": j.id, open: openStacks.has(String(j.id)),
+                                                   ontoggle: (event) => { if (event.currentTarget.open) openStacks.add(String(j.id)); else openStacks.delete(String(j.id)); }},
           h("summary", {}, h("a", {href: link("jobs/" + j.id), text: j.path}), " ", j.progress !== null && j.progress !== undefined ? Math.round(j.progress * 100) + "%" : ""),
           pre((j.stack || []).join(""))))));
     }));
@@ -285,8 +313,8 @@
       ["expires", fmtDate(job.dateexpires)], ["total time", job.totaltime === undefined ? "" : job.totaltime + " s"],
       ["progress", job.progress === undefined || job.progress === null ? "" : Math.round(job.progress * 100) + "%"], ["exception", job.exceptiontype || ""]];
     const actions = h("div", {class: "actions"},
-      ["queued", "started", "retry", "interrupt"].includes(job.status) ? button("Cancel", () => post("jobs/" + job.id + "/cancel"), "danger cancel") : null,
-      job.status !== "queued" && job.status !== "started" ? button("Requeue", () => post("jobs/" + job.id + "/requeue"), "requeue") : null);
+      ["queued", "started", "retry", "interrupt"].includes(job.status) ? button("Cancel", () => jobAction(job.id, "cancel"), "danger cancel") : null,
+      job.status !== "queued" && job.status !== "started" ? button("Requeue", () => jobAction(job.id, "requeue"), "requeue") : null);
     const parts = [
       actions,
       h("dl", {class: "fields"}, rows.filter(([k, v]) => k === "status" || (v !== null && v !== undefined && v !== "")).map(([k, v]) =>
@@ -343,8 +371,8 @@
         h("td", {class: "num", text: j.totaltime === null || j.totaltime === undefined ? "" : Number(j.totaltime).toFixed(3)}),
         ...columns.map((c) => h("td", {}, cellNode(j.extra[c.name]))),
         READONLY ? null : h("td", {class: "actions"},
-          ["queued", "started", "retry", "interrupt"].includes(j.status) ? button("Cancel", () => post("jobs/" + j.id + "/cancel"), "danger cancel") : null,
-          j.status !== "queued" && j.status !== "started" ? button("Requeue", () => post("jobs/" + j.id + "/requeue"), "requeue") : null)));
+          ["queued", "started", "retry", "interrupt"].includes(j.status) ? button("Cancel", () => jobAction(j.id, "cancel"), "danger cancel") : null,
+          j.status !== "queued" && j.status !== "started" ? button("Requeue", () => jobAction(j.id, "requeue"), "requeue") : null)));
       rows.push(detailRow);
       if (open.has(j.id)) loadInline(j.id, detailRow.querySelector(".job-inline"));
     }
@@ -400,7 +428,32 @@
   }
 
   // -- one job, its logs streaming while it runs
-  const jobState = {cursor: null, text: "", status: null, logsTimer: null, logsBox: null};
+  const jobState = {cursor: null, text: "", status: null, logsTimer: null, logsBox: null, follow: true, followBox: null};
+
+  /** The logs box follows new lines (tail mode) unless the reader scrolled up; scrolling back down resumes. */
+  function followControl() {
+    if (!jobState.followBox) {
+      const input = h("input", {type: "checkbox", id: "follow-logs", onchange: () => {
+        jobState.follow = input.checked;
+        if (jobState.follow) scrollLogs();
+      }});
+      input.checked = jobState.follow;
+      jobState.followBox = h("label", {class: "follow", title: "keep the newest lines in sight"}, input, " Follow new lines");
+    }
+    jobState.followBox.hidden = !(jobState.status === "started" || jobState.status === "queued");
+    return jobState.followBox;
+  }
+
+  function setFollow(on) {
+    jobState.follow = on;
+    const input = document.getElementById("follow-logs");
+    if (input) input.checked = on;
+  }
+
+  function scrollLogs() {
+    const box = jobState.logsBox;
+    if (box) box.scrollTop = box.scrollHeight;
+  }
 
   pages.job = async function () {
     const id = body.dataset.job;
@@ -410,9 +463,17 @@
     const box = document.getElementById("job");
     const detail = h("div", {});
     jobDetails(job, detail);
-    if (!jobState.logsBox) jobState.logsBox = pre(jobState.text || "", "logs");
+    if (!jobState.logsBox) {
+      jobState.logsBox = pre(jobState.text || "", "logs");
+      jobState.logsBox.addEventListener("scroll", () => {
+        const box = jobState.logsBox;
+        const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 8;
+        if (atBottom !== jobState.follow) setFollow(atBottom);  // scrolled up: pause; back at the end: follow
+      });
+    }
     jobState.logsBox.id = "logs";
-    box.replaceChildren(detail, h("h3", {text: "Logs"}), jobState.logsBox);
+    box.replaceChildren(detail, h("h3", {}, "Logs ", followControl()), jobState.logsBox);
+    if (jobState.follow) scrollLogs();
     await pollLogs();
     if (!jobState.logsTimer) jobState.logsTimer = setInterval(async () => {
       if (document.hidden) return;
@@ -433,6 +494,7 @@
     if (data.text) {
       jobState.text += (jobState.text ? "\n" : "") + data.text;
       jobState.logsBox.textContent = jobState.text;
+      if (jobState.follow) scrollLogs();
     } else if (!jobState.text) {
       jobState.logsBox.textContent = "";
     }
@@ -517,6 +579,7 @@
   }
 
   document.addEventListener("DOMContentLoaded", async () => {
+    for (const th of document.querySelectorAll("th[data-tz]")) th.textContent += " (" + tzName() + ")";
     setupRefresh();
     if (PAGE === "jobs") setupJobsForm();
     try { const cfg = await config(); window.MRQ_CACHE_TTL = cfg.cache_ttl; } catch (err) { showError(err); }
