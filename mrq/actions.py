@@ -38,8 +38,8 @@ from bson import ObjectId
 
 from mrq import status as st
 from mrq.broker import InFlight, check_job_queue
-from mrq.context import connections, get_broker, get_current_config, get_current_job, get_plugin_manager
 from mrq.job import JOBS, utcnow
+from mrq.runtime import connections, get_broker, get_current_config, get_current_job, get_plugin_manager
 from mrq.task import task_settings
 
 __all__ = ["build_query", "cancel_jobs", "requeue_jobs", "count_matching", "FILTER_KEYS", "action_statuses"]

@@ -86,7 +86,7 @@ class _Bound(collections.abc.Coroutine):  # type: ignore[type-arg]
         return self._step(self.coro.throw, *args)
 
     def _step(self, method: Any, *args: Any) -> Any:
-        from mrq.context import set_current_job
+        from mrq.greenlets import set_current_job
 
         glet = gevent.getcurrent()
         set_current_job(self.job, glet)
@@ -118,7 +118,7 @@ class _Bound(collections.abc.Coroutine):  # type: ignore[type-arg]
 
 def _task_factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
     """Tasks created while a job's step runs (or from a job's greenlet) belong to that job."""
-    from mrq.context import get_current_job
+    from mrq.greenlets import get_current_job
 
     job = get_current_job()
     if job is not None and not isinstance(coro, _Bound):

@@ -405,10 +405,13 @@ def make_mongodb(uri: str, option: str = "mongodb_jobs") -> Database:
 class Connections:
     """The connections of the current configuration, created on first use."""
 
-    def __init__(self) -> None:
+    def __init__(self, config_source: Callable[[], dict[str, Any]] | None = None) -> None:
+        """``config_source``: where to read the configuration when :meth:`configure` was not called (the process's
+        current one, for :data:`mrq.runtime.connections`)."""
         self._lock = threading.RLock()  # _create may ask for another connection
         self._cache: dict[str, Any] = {}
         self._config: dict[str, Any] | None = None
+        self._config_source = config_source
 
     def configure(self, config: dict[str, Any]) -> None:
         """Use ``config`` from now on (closes nothing: call :meth:`reset` for that)."""
@@ -417,8 +420,9 @@ class Connections:
 
     def _get_config(self) -> dict[str, Any]:
         if self._config is None:
-            from mrq.context import get_current_config
-            self._config = get_current_config()
+            if self._config_source is None:
+                raise ConnectionsError("These connections have no configuration: call configure(config) first.")
+            self._config = self._config_source()
         return self._config
 
     def __getattr__(self, name: str) -> Any:

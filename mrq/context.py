@@ -8,22 +8,27 @@ Task code uses::
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-import gevent
-
-from mrq.connections import Connections
 from mrq.exceptions import AbortInterrupt, RetryInterrupt
 from mrq.job import queue_job, queue_jobs  # re-exported, as in the original MRQ
+from mrq.runtime import (  # the process's state, kept by the kernel in mrq.runtime; user code reads it here
+    connections,
+    get_broker,
+    get_current_config,
+    get_current_job,
+    get_current_worker,
+    get_plugin_manager,
+    set_current_config,
+    set_current_job,
+    setup_context,
+)
+from mrq.runtime import greenlets_of as greenlets_of  # importable here as before (the worker's)
+from mrq.runtime import set_current_worker as set_current_worker
 
 if TYPE_CHECKING:
-    from mrq.broker import Broker
-    from mrq.config import Config
     from mrq.job import Job
-    from mrq.plugins import PluginManager
-    from mrq.worker import Worker
 
 __all__ = [
     "log", "connections", "get_current_job", "get_current_worker", "get_current_config",
@@ -34,82 +39,6 @@ __all__ = [
 
 #: The logger of task code: its lines are stored per job in ``mrq_logs``.
 log = logging.getLogger("mrq.current")
-
-connections = Connections()
-
-_state: dict[str, Any] = {"config": None, "worker": None, "broker": None}
-#: greenlet -> job it works for (job greenlets and their subpool greenlets).
-_greenlet_jobs: dict[Any, Job] = {}
-
-
-def set_current_config(config: Config) -> None:
-    """Make ``config`` the process's configuration (connections are re-created from it)."""
-    _state["config"] = config
-    _state["broker"] = None
-    connections.configure(config)
-
-
-def get_current_config() -> Config:
-    """The process's configuration; set up from the environment on first use if nothing set it."""
-    if _state["config"] is None:
-        warnings.warn("MRQ context not set up: using the environment and ./mrq-config.py "
-                      "(call mrq.context.setup_context() first to silence this)", stacklevel=2)
-        setup_context()
-    return _state["config"]
-
-
-def setup_context(**kwargs: Any) -> Config:
-    """Configure MRQ in a script or web app: ``setup_context(redis=..., mongodb_jobs=...)``.
-
-    Keyword arguments override every other source (command line excluded:
-    ``argv`` is not read).
-    """
-    from mrq.config import get_config
-
-    config = get_config("common", argv=None, extra=kwargs)
-    set_current_config(config)
-    return config
-
-
-def get_plugin_manager() -> PluginManager:
-    """The plugin manager of the current configuration."""
-    return get_current_config().plugin_manager  # type: ignore[attr-defined, no-any-return]
-
-
-def get_broker() -> Broker:
-    """The Redis side of MRQ for the current configuration."""
-    if _state["broker"] is None:
-        from mrq.broker import Broker
-        _state["broker"] = Broker(connections.redis, get_current_config()["redis_prefix"])
-    return _state["broker"]  # type: ignore[no-any-return]
-
-
-def set_current_worker(worker: Worker | None) -> None:
-    _state["worker"] = worker
-
-
-def get_current_worker() -> Worker | None:
-    """The worker running in this process, if any."""
-    return _state["worker"]
-
-
-def set_current_job(job: Job | None, greenlet: Any = None) -> None:
-    """Bind ``job`` to ``greenlet`` (default: the current one); ``None`` unbinds."""
-    greenlet = greenlet or gevent.getcurrent()
-    if job is None:
-        _greenlet_jobs.pop(greenlet, None)
-    else:
-        _greenlet_jobs[greenlet] = job
-
-
-def get_current_job(greenlet: Any = None) -> Job | None:
-    """The job the current greenlet (or ``greenlet``) works for, or ``None``."""
-    return _greenlet_jobs.get(greenlet or gevent.getcurrent())
-
-
-def greenlets_of(job: Job) -> list[Any]:
-    """Every greenlet working for ``job`` (its own and its subpools')."""
-    return [g for g, j in list(_greenlet_jobs.items()) if j is job]
 
 
 def retry_current_job(delay: float | None = None, max_retries: int | None = None,

@@ -54,7 +54,7 @@ def utcnow() -> datetime.datetime:
 
 
 def _jobs_collection() -> Any:
-    from mrq.context import connections
+    from mrq.runtime import connections
     return connections.mongodb_jobs[JOBS]
 
 
@@ -159,7 +159,7 @@ def queue_jobs(path: str, params_list: Iterable[Mapping[str, Any]], queue: str |
     ``waiting`` status, see ``mrq_jobs_enqueuing``) is inserted, not pushed.
     """
     from mrq.broker import check_queue_name, queue_kind
-    from mrq.context import get_broker, get_current_config, get_plugin_manager
+    from mrq.runtime import get_broker, get_current_config, get_plugin_manager
     from mrq.task import task_path_problem, task_settings
 
     problem = task_path_problem(path)
@@ -424,7 +424,7 @@ class Job:
         Returns ``False`` if the job had already finished (its status is kept).
         :raises JobNotFound: if no job has this id, stored or running.
         """
-        from mrq.context import get_broker, get_current_config, get_plugin_manager
+        from mrq.runtime import get_broker, get_current_config, get_plugin_manager
         from mrq.task import task_settings
 
         if self.data and "path" in self.data:
@@ -458,7 +458,7 @@ class Job:
         :return: ``False`` if the job was already queued.
         """
         from mrq.broker import InFlight, check_job_queue
-        from mrq.context import get_broker, get_plugin_manager
+        from mrq.runtime import get_broker, get_plugin_manager
 
         if queue is not None:
             check_job_queue(queue)
@@ -490,7 +490,7 @@ class Job:
     # -- execution
     def perform(self, settings: TaskSettings, worker: Worker | None = None) -> Outcome:
         """Run the task in the current greenlet and decide the outcome; never raises a task error."""
-        from mrq.context import get_plugin_manager, set_current_job
+        from mrq.runtime import get_plugin_manager, set_current_job
 
         self.settings, self.worker = settings, worker
         self.greenlet = gevent.getcurrent()

@@ -66,7 +66,7 @@ class JobLogHandler(logging.Handler):
         self.truncated = 0
 
     def emit(self, record: logging.LogRecord) -> None:
-        from mrq.context import get_current_job
+        from mrq.runtime import get_current_job
 
         job = get_current_job()
         if job is None or job.id is None:
@@ -190,7 +190,7 @@ def ensure_logs_collection(database: Any, size: int) -> None:
 
 def job_logs(job_id: ObjectId | str, database: Any = None) -> str:
     """Every stored log line of a job, oldest first."""
-    from mrq.context import connections
+    from mrq.runtime import connections
 
     database = connections.mongodb_logs if database is None else database
     if database is None:

@@ -10,7 +10,7 @@ from collections import defaultdict
 from typing import Any
 
 from mrq.broker import check_job_queue, check_queue_name  # their home is the broker (queue naming); kept here
-from mrq.context import connections, get_broker
+from mrq.runtime import connections, get_broker
 
 __all__ = ["Queue", "count_jobs", "all_known_queues", "check_queue_name", "check_job_queue"]
 

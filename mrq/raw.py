@@ -53,7 +53,7 @@ def is_raw_queue(queue: str) -> bool:
 def raw_settings(queue: str, config: Mapping[str, Any] | None = None) -> RawQueueSettings | None:
     """The settings of raw queue ``queue`` (its root's ``RAW_QUEUES`` entry), or ``None`` if it has none."""
     if config is None:
-        from mrq.context import get_current_config
+        from mrq.runtime import get_current_config
         config = get_current_config()
     return (config.get("raw_queues") or {}).get(queue.split("/", 1)[0])
 
@@ -109,7 +109,7 @@ def queue_raw_jobs(queue: str, params: Sequence[Any] | Mapping[Any, float], batc
     :return: how many payloads were given. Nothing is written to MongoDB.
     :raises InvalidParams: for a regular queue or a payload that is not a string or a number.
     """
-    from mrq.context import get_broker
+    from mrq.runtime import get_broker
 
     payloads, scores = _payloads(queue, params)
     broker = get_broker()
@@ -121,7 +121,7 @@ def queue_raw_jobs(queue: str, params: Sequence[Any] | Mapping[Any, float], batc
 
 def remove_raw_jobs(queue: str, payloads: Iterable[Any]) -> int:
     """Remove payloads from a raw queue (a list scans it: O(its length)); returns how many were removed."""
-    from mrq.context import get_broker
+    from mrq.runtime import get_broker
 
     items, _ = _payloads(queue, list(payloads))
     if not items:

@@ -41,8 +41,8 @@ def death_entry(worker_id: Any, why: str, now: datetime.datetime) -> dict[str, A
 
 
 def _docs(ids: Iterable[str], fields: list[str], query: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
-    from mrq.context import connections
     from mrq.job import JOBS
+    from mrq.runtime import connections
 
     oids = [ObjectId(i) for i in ids if ObjectId.is_valid(i)]
     if not oids:
@@ -59,7 +59,7 @@ def requeue_inflight(records: Iterable[InFlight], worker_id: str = "") -> list[s
 
     Costs one ``find`` in MongoDB when there are raw jobs among ``records``, and one Lua call in Redis.
     """
-    from mrq.context import get_broker
+    from mrq.runtime import get_broker
 
     records = list(records)
     raw = [r.job_id for r in records if r.payload is not None]
@@ -85,8 +85,8 @@ def requeue_dead_worker_jobs(records: Iterable[InFlight], worker_id: str, max_de
     already recorded by an interrupted earlier call is not recorded twice. Costs two ``find`` and up to three
     ``update_many`` in MongoDB, one Lua call in Redis.
     """
-    from mrq.context import connections, get_broker, get_current_config
     from mrq.job import JOBS, utcnow
+    from mrq.runtime import connections, get_broker, get_current_config
 
     records = list(records)
     if not records:
@@ -143,8 +143,8 @@ def store_marked_ends(records: Iterable[InFlight], worker_id: str) -> list[str]:
     from pymongo import UpdateOne
 
     from mrq.broker import AckBatch
-    from mrq.context import connections, get_broker
     from mrq.job import JOBS
+    from mrq.runtime import connections, get_broker
 
     broker = get_broker()
     records = [r for r in records if r.worker_id == worker_id]
@@ -186,8 +186,8 @@ def _report_written(ends: dict[ObjectId, dict[str, Any]]) -> None:
     job ends (the dependents of the workflows plugin) sees the ends stored here too."""
     import logging
 
-    from mrq.context import connections, get_plugin_manager
     from mrq.job import JOBS
+    from mrq.runtime import connections, get_plugin_manager
 
     if not ends:
         return
@@ -209,7 +209,7 @@ def _poison(jobs: Any, oids: list[ObjectId], entry: dict[str, Any], max_deaths: 
             this_death: dict[str, Any]) -> None:
     import logging
 
-    from mrq.context import get_current_config
+    from mrq.runtime import get_current_config
     from mrq.task import task_settings
 
     ttl = float(get_current_config().get("default_job_ttl") or task_settings("", {}).default_ttl)

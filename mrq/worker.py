@@ -34,7 +34,7 @@ import pymongo.errors
 import redis.exceptions
 from bson import ObjectId
 
-from mrq import context, signals
+from mrq import runtime, signals
 from mrq import status as st
 from mrq.broker import RawPopped
 from mrq.config import Config
@@ -93,9 +93,9 @@ class Worker:
         self._pushback = {name: rs.pushback_seconds for name, rs in (config.get("raw_queues") or {}).items()
                           if rs.pushback_seconds}
         self.plugins = config.plugin_manager  # type: ignore[attr-defined]
-        self.broker = context.get_broker()
-        self.db = context.connections.mongodb_jobs
-        self.logs_db = context.connections.mongodb_logs
+        self.broker = runtime.get_broker()
+        self.db = runtime.connections.mongodb_jobs
+        self.logs_db = runtime.connections.mongodb_logs
         self.writer = StatusWriter(self.db[JOBS], self.broker, float(config["flush_interval"]),
                                    on_written=self._on_written, worker_id=str(self.id))
         self.log_handler = JobLogHandler(self.id, plugins=self.plugins)
@@ -106,7 +106,7 @@ class Worker:
     # ------------------------------------------------------------------ lifecycle
     def work(self) -> int:
         """Run until stopped (signal, ``--max_jobs``, ``--max_time``, ``--max_memory``, burst end)."""
-        context.set_current_worker(self)
+        runtime.set_current_worker(self)
         logging.getLogger("mrq.current").addHandler(self.log_handler)
         self._install_signals()  # also acts on a SIGINT/SIGTERM received since mrq-worker started
         waited = time.monotonic()
@@ -206,7 +206,7 @@ class Worker:
         """Stopped before ``mrq_worker_start``: no job, service nor report to end; just forget the context."""
         self.log.info("Stopped before it started")
         logging.getLogger("mrq.current").removeHandler(self.log_handler)
-        context.set_current_worker(None)
+        runtime.set_current_worker(None)
         return self.exitcode
 
     def _stop(self) -> None:
@@ -235,7 +235,7 @@ class Worker:
         except Exception:  # noqa: BLE001
             pass
         logging.getLogger("mrq.current").removeHandler(self.log_handler)
-        context.set_current_worker(None)
+        runtime.set_current_worker(None)
 
     def _requeue_leftovers(self) -> None:
         """Ids this worker popped but did not finish (killed mid-dequeue): back to their queue."""
