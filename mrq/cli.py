@@ -25,8 +25,9 @@ def _patch() -> None:
 def _load(command: str, argv: Sequence[str] | None, prog: str) -> Any:
     """Resolve the config, handle --version/--list-plugins, set up logging. Exits on a bad config."""
     from mrq.config import get_config
-    from mrq.context import set_current_config
     from mrq.exceptions import MRQError
+    from mrq.plugins import print_plugins
+    from mrq.runtime import set_current_config
     from mrq.version import __version__
 
     try:
@@ -39,13 +40,13 @@ def _load(command: str, argv: Sequence[str] | None, prog: str) -> Any:
         print(f"MRQ {__version__} (Python {sys.version.split()[0]})")
         raise SystemExit(0)
     if flags.get("list_plugins"):
-        _print_plugins(config)
+        print_plugins(config.plugin_manager)
         raise SystemExit(0)
     logging.basicConfig(level=config["log_level"], format=config["log_format"], stream=sys.stderr)
     if config["quiet"]:
         logging.getLogger("mrq.current").propagate = False
     set_current_config(config)
-    from mrq.context import connections
+    from mrq.runtime import connections
 
     try:  # validate the URIs now (clients connect lazily): a clear error, not a traceback later
         connections.redis, connections.mongodb_jobs, connections.mongodb_logs  # noqa: B018
@@ -53,17 +54,6 @@ def _load(command: str, argv: Sequence[str] | None, prog: str) -> Any:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     return config
-
-
-def _print_plugins(config: Any) -> None:
-    rows = config.plugin_manager.describe()
-    if not rows:
-        print("No MRQ plugins installed (entry-point group 'mrq.plugins').")
-    for row in rows:
-        state = "enabled" if row["enabled"] else "disabled"
-        print(f"{row['name']} {row['version'] or '-'} [{state}] ({row['source']})")
-        if row["hooks"]:
-            print("    hooks: " + ", ".join(row["hooks"]))
 
 
 def worker_main(argv: Sequence[str] | None = None) -> int:
@@ -97,7 +87,7 @@ def _skip_pymongo_exit_wait() -> None:
     Under gevent those threads are greenlets: there is nothing to wait for once the clients are closed."""
     import atexit
 
-    from mrq.context import connections
+    from mrq.runtime import connections
 
     try:
         connections.reset()
@@ -215,8 +205,10 @@ def plugins_main(argv: Sequence[str] | None = None) -> int:
     """``mrq-plugins``: list installed plugins, their versions, whether enabled and their hooks."""
     if os.getcwd() not in sys.path:  # dotted-path plugins of the project, as for mrq-worker
         sys.path.insert(0, os.getcwd())
+    from mrq.plugins import print_plugins
+
     config = _load("common", argv, "mrq-plugins")
-    _print_plugins(config)
+    print_plugins(config.plugin_manager)
     return 0
 
 

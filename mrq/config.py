@@ -505,7 +505,7 @@ def get_config(command: str = COMMON, argv: Sequence[str] | None = None,
     pm = plugin_mod.PluginManager()
     if load_plugins:
         pm.enable(plugin_names)
-    options = list(OPTIONS) + pm.plugin_options()
+    options = list(OPTIONS) + pm.plugin_options(taken={o.name for o in OPTIONS})
 
     # Pass 2: the full command line.
     parser = _build_parser(command, _options_for(command, options), prog)

@@ -182,9 +182,9 @@ def _worker_options_ok(argv: list[str]) -> int | None:
         print(f"MRQ {__version__} (Python {sys.version.split()[0]})")
         return 0
     if flags.get("list_plugins"):
-        from mrq.cli import _print_plugins
+        from mrq.plugins import print_plugins
 
-        _print_plugins(config)
+        print_plugins(config.plugin_manager)
         return 0
     return None
 

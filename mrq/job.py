@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import inspect
 import os
 import random
 import sys
@@ -34,7 +33,7 @@ from mrq.exceptions import (
     RetryInterrupt,
     TimeoutInterrupt,
 )
-from mrq.hookspecs import hookimpl
+from mrq.task import MAX_PARAMS_BYTES, KernelHooks  # noqa: F401 - KernelHooks: its home is mrq.task
 
 if TYPE_CHECKING:
     from mrq.config import RawQueueSettings
@@ -58,9 +57,6 @@ def _jobs_collection() -> Any:
     return connections.mongodb_jobs[JOBS]
 
 
-#: Largest params of a job, in BSON bytes: MongoDB stores at most 16 MiB per document, and the job's document also
-#: holds its status fields, result and tracebacks.
-MAX_PARAMS_BYTES = 15 * 1024 * 1024
 #: Deepest nesting of params (dicts and lists): MongoDB refuses documents nested deeper than 100 levels.
 MAX_PARAMS_DEPTH = 90
 
@@ -620,31 +616,3 @@ def _format_traceback(exc: BaseException, path: str = "") -> str:
         half = MAX_TRACEBACK_CHARS // 2
         text = f"{text[:half]}\n[... {len(text) - 2 * half} characters left out ...]\n{text[-half:]}"
     return text
-
-
-class KernelHooks:
-    """MRQ's own hook implementations (registered as plugin ``mrq.kernel``)."""
-
-    @hookimpl(trylast=True)
-    def mrq_job_execute(self, job: Job) -> Any:
-        from mrq.task import load_task
-
-        task = load_task(job.path)
-        task.is_main_task = True
-        result = task.run_wrapped(job.params)
-        if inspect.isawaitable(result):  # an async def task: run on the process's event loop (mrq.aio)
-            from mrq.aio import run_awaitable
-
-            result = run_awaitable(result)
-        try:
-            size = len(bson.encode({"result": result}))
-        except (bson.errors.InvalidDocument, OverflowError, TypeError, ValueError) as exc:
-            raise InvalidParams(f"The result of task {job.path!r} cannot be stored in MongoDB: {exc}. "
-                                "Return JSON-like values.") from None
-        if size > 2**20 and size + len(bson.encode({"params": job.params})) > MAX_PARAMS_BYTES:
-            raise InvalidParams(
-                f"The result of task {job.path!r} is {size / 2**20:.1f} MiB in BSON: with the job's params it does "
-                f"not fit in {MAX_PARAMS_BYTES // 2**20} MiB (MongoDB stores at most 16 MiB per job document). Store "
-                "big results elsewhere (GridFS, a file, a bucket) and return their reference.")
-        return result
-

@@ -111,7 +111,7 @@ class PluginManager:
         self.pm.add_hookspecs(hookspecs)
         self.enabled: list[str] = []
         self._versions: dict[str, str] = {}
-        from mrq.job import KernelHooks  # the kernel's own implementation of mrq_job_execute
+        from mrq.task import KernelHooks  # the kernel's own implementation of mrq_job_execute
         self.pm.register(KernelHooks(), name="mrq.kernel")
         # Historic: every plugin registered from now on gets called, at its registration.
         self.pm.hook.mrq_add_hookspecs.call_historic(kwargs={"plugin_manager": self.pm})
@@ -204,10 +204,10 @@ class PluginManager:
             raise PluginError(f"Plugin {path!r}: module {module_name!r} has no attribute {attr!r}. Check the "
                               "name after the ':' (module:object).") from None
 
-    def plugin_options(self) -> list[Any]:
-        """Options added by the enabled plugins (``mrq_add_options``)."""
-        from mrq.config import OPTIONS
-        taken = {o.name for o in OPTIONS}
+    def plugin_options(self, taken: Iterable[str] = ()) -> list[Any]:
+        """Options added by the enabled plugins (``mrq_add_options``); a name in ``taken`` (the kernel's options,
+        passed by :func:`mrq.config.get_config`) or added twice raises :class:`PluginError`."""
+        taken = set(taken)
         options = []
         for group in self.hook.mrq_add_options():
             for opt in group or []:
@@ -232,3 +232,15 @@ class PluginManager:
                                          "source": name})
             row.update(enabled=True, hooks=hooks)
         return sorted(rows.values(), key=lambda r: r["name"])
+
+
+def print_plugins(manager: PluginManager) -> None:
+    """Print the installed and enabled plugins (``--list-plugins``, ``mrq-plugins``)."""
+    rows = manager.describe()
+    if not rows:
+        print("No MRQ plugins installed (entry-point group 'mrq.plugins').")
+    for row in rows:
+        state = "enabled" if row["enabled"] else "disabled"
+        print(f"{row['name']} {row['version'] or '-'} [{state}] ({row['source']})")
+        if row["hooks"]:
+            print("    hooks: " + ", ".join(row["hooks"]))

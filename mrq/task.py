@@ -22,11 +22,21 @@ import inspect
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mrq.exceptions import ConfigError, TaskNotFound
+import bson
 
-__all__ = ["Task", "TaskSettings", "load_task", "task_settings", "task_path_problem"]
+from mrq.exceptions import ConfigError, InvalidParams, TaskNotFound
+from mrq.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from mrq.job import Job
+
+__all__ = ["Task", "TaskSettings", "load_task", "task_settings", "task_path_problem", "KernelHooks", "MAX_PARAMS_BYTES"]
+
+#: Largest params of a job, in BSON bytes: MongoDB stores at most 16 MiB per document, and the job's document also
+#: holds its status fields, result and tracebacks (params and result together must fit in it too).
+MAX_PARAMS_BYTES = 15 * 1024 * 1024
 
 
 class Task:
@@ -186,3 +196,29 @@ def task_settings(path: str, config: dict[str, Any], load: bool = True) -> TaskS
         cancel_ttl=float(pick("cancel_ttl", "default_job_cancel_ttl", 86400)),
         default_ttl=float(pick("default_ttl", "default_job_ttl", 180 * 86400)),
     )
+
+
+class KernelHooks:
+    """MRQ's own hook implementations (registered as plugin ``mrq.kernel``)."""
+
+    @hookimpl(trylast=True)
+    def mrq_job_execute(self, job: Job) -> Any:
+        task = load_task(job.path)
+        task.is_main_task = True
+        result = task.run_wrapped(job.params)
+        if inspect.isawaitable(result):  # an async def task: run on the process's event loop (mrq.aio)
+            from mrq.aio import run_awaitable
+
+            result = run_awaitable(result)
+        try:
+            size = len(bson.encode({"result": result}))
+        except (bson.errors.InvalidDocument, OverflowError, TypeError, ValueError) as exc:
+            raise InvalidParams(f"The result of task {job.path!r} cannot be stored in MongoDB: {exc}. "
+                                "Return JSON-like values.") from None
+        if size > 2**20 and size + len(bson.encode({"params": job.params})) > MAX_PARAMS_BYTES:
+            raise InvalidParams(
+                f"The result of task {job.path!r} is {size / 2**20:.1f} MiB in BSON: with the job's params it does "
+                f"not fit in {MAX_PARAMS_BYTES // 2**20} MiB (MongoDB stores at most 16 MiB per job document). Store "
+                "big results elsewhere (GridFS, a file, a bucket) and return their reference.")
+        return result
+
