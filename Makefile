@@ -24,14 +24,18 @@ $(VENV)/.installed: setup.cfg pyproject.toml $(wildcard plugins/*/setup.cfg)
 	@for p in plugins/*/setup.cfg; do [ -f "$$p" ] || continue; d=$$(dirname "$$p"); e=$$d; grep -q '^test *=' "$$p" && e="$$d[test]"; echo "$(PY) -m pip install -e $$e"; $(PY) -m pip install -q -e "$$e" || exit 1; done
 	@touch $@
 
-# ruff and pytest both run; the target fails if either fails (pytest exit 5, "no tests collected", too).
+# The lint (ruff, then the import contracts: the kernel's layers, the plugins' boundaries) and pytest all run; the
+# target fails if any fails (pytest exit 5, "no tests collected", too).
 test: venv
-	@rc=0; $(VENV)/bin/ruff check . || rc=$$?; \
+	@rc=0; $(MAKE) --no-print-directory lint || rc=$$?; \
 	$(PY) -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
 	exit $$rc
 
+# lint-imports: contracts in pyproject.toml ([tool.importlinter]); docs/architecture.md "Layers", docs/plugins.md.
 lint: venv
-	$(VENV)/bin/ruff check .
+	@rc=0; $(VENV)/bin/ruff check . || rc=$$?; \
+	$(VENV)/bin/lint-imports --no-cache || rc=$$?; \
+	exit $$rc
 
 demo: venv
 	$(VENV)/bin/mrq-embedded
