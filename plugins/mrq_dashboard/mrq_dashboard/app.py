@@ -146,6 +146,9 @@ def _add_plugin_routes(app: Flask) -> None:
 
 def create_app(config: Mapping[str, Any]) -> Flask:
     """The dashboard's Flask application for ``config`` (a resolved MRQ configuration)."""
+    if not hasattr(get_plugin_manager().hook, "mrq_dashboard_routes"):
+        raise MRQError("The dashboard plugin is not enabled in MRQ's context: set it up with the dashboard's "
+                       "configuration (mrq_dashboard.cli.load_config, or plugins=['dashboard']) before create_app")
     app = Flask(__name__)
     app.url_map.merge_slashes = False  # queue names may end with '/' (a root of subqueues)
     app.config["MRQ_CONFIG"] = config

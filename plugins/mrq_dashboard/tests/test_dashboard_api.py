@@ -12,12 +12,13 @@ from urllib.parse import quote, urlencode
 import pytest
 from bson import ObjectId
 from conftest import TASKS
-from mrq.context import connections, get_broker
+from mrq.context import connections, get_broker, set_current_config
 from mrq.job import Job, queue_job, queue_jobs
 from mrq.queue import Queue
 from mrq.testing import wait_until
 
 from mrq_dashboard.app import create_app
+from mrq_dashboard.cli import load_config
 from mrq_dashboard.openapi import ROUTES
 
 
@@ -312,8 +313,13 @@ def test_plugins_and_openapi(dashboard, dash):
     assert plugins["dashboard"]["version"] == "1.0.0"
     spec = dashboard.api("openapi.json")
     assert spec["openapi"].startswith("3.")
-    # Every API route of the application is described, and nothing else.
-    app = create_app({"dashboard_cache_ttl": 0})
+    # Every API route of the application is described, and nothing else. create_app needs MRQ's context set up
+    # with the dashboard's configuration (its plugin enabled: its hooks, mrq_dashboard_routes included), as
+    # mrq-dashboard and mrq_dashboard.wsgi do.
+    config = load_config(["--redis", dash["redis"], "--mongodb_jobs", dash["mongodb_jobs"],
+                          "--dashboard_cache_ttl", "0"])
+    set_current_config(config)
+    app = create_app(config)
     served = {(m.lower(), _openapi_path(r.rule)) for r in app.url_map.iter_rules() if r.rule.startswith("/api/")
               for m in r.methods - {"HEAD", "OPTIONS"}}
     assert served == {(m, p) for m, p, *_ in ROUTES}
