@@ -316,6 +316,7 @@ class Supervisor:
         if self._stopping == "interrupt":
             self._terminate_children()
         deadline = time.monotonic() + self.stop_timeout
+        again = time.monotonic() + 1.0
         while self.proc is not None and self.proc.poll() is None:
             try:
                 if not any(p["statename"] in _RUNNING for p in self.processes_info()):
@@ -325,6 +326,11 @@ class Supervisor:
             if self._stopping == "graceful" and time.monotonic() > deadline:
                 log.warning("Jobs still running after --stop_timeout %g s: interrupting them", self.stop_timeout)
                 self.stop(graceful=False)
+            elif self._stopping == "interrupt" and time.monotonic() > again:
+                # A child still starting when its SIGTERM came may have missed it (Python's start-up, before
+                # mrq-worker's first line): SIGTERM again each second; a worker already stopping ignores it.
+                self._terminate_children()
+                again = time.monotonic() + 1.0
             gevent.sleep(0.1)
         try:
             self.rpc().supervisor.shutdown()
